@@ -1,0 +1,579 @@
+"""The one typed config tree for a storytune run, its YAML loader and `key.path=value` overrides.
+
+Every section is a dataclass whose attribute docstrings are the documentation. Each section checks
+its own values in `__post_init__` and raises `ConfigError` listing *all* of its problems; the loader
+walks the whole tree, keeps going past a bad section and raises one `ConfigError` at the end with
+every problem of every section, each with its dotted key path and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (dotted key path) and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(ValueError):
+    """Raised once for a bad config, carrying every problem found."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid config{where} ({count} problem{'s' * (count != 1)}):\n{lines}")
+
+    def prefixed(self, prefix: str) -> list[Problem]:
+        return [Problem(_join(prefix, p.path), p.message) for p in self.problems]
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix and key else (prefix or key)
+
+
+class _Checks:
+    """Collects problems inside one section's `__post_init__`, then raises them together."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def require(self, ok: bool, key: str, message: str) -> None:
+        if not ok:
+            self.problems.append(Problem(key, message))
+
+    def positive_int(self, key: str, value: Any) -> None:
+        self.require(_is_int(value) and value > 0, key, f"must be a positive integer, got {value!r}")
+
+    def non_negative(self, key: str, value: Any) -> None:
+        self.require(_is_number(value) and value >= 0, key, f"must be a number >= 0, got {value!r}")
+
+    def done(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-community/gpt2",
+              "openai-community/gpt2-medium", "openai-community/gpt2-large",
+              "openai-community/gpt2-xl", "distilgpt2", "distilbert/distilgpt2")
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the `tiny` preset: GPT-2 architecture and GPT-2's real 50,257-token vocabulary."""
+
+    n_layer: int = 2
+    """Transformer blocks."""
+    n_embd: int = 128
+    """Hidden size; must be divisible by `n_head`."""
+    n_head: int = 4
+    """Attention heads."""
+    n_positions: int = 256
+    """Longest context in tokens; `data.block_size` must not exceed it."""
+    init_seed: int = 0
+    """Seed of the random initial weights (the tiny run's "base model")."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+            c.positive_int(key, getattr(self, key))
+        if _is_int(self.n_embd) and _is_int(self.n_head) and self.n_head > 0:
+            c.require(self.n_embd % self.n_head == 0, "n_embd",
+                      f"must be divisible by n_head={self.n_head}, got {self.n_embd}")
+        c.done()
+
+
+@dataclass
+class ModelConfig:
+    """Which model to fine-tune."""
+
+    name: str = "gpt2"
+    """A hub name (`gpt2`), a local path, or `tiny` (a small GPT-2 for CPU runs and tests)."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the `tiny` preset (ignored for other names)."""
+    tokenizer: str | None = None
+    """Tokenizer name or path; default: the model's own (GPT-2's for `tiny`)."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        c.require(isinstance(self.name, str) and self.name.strip() != "", "name",
+                  "must name a model: `gpt2`, a local path, or `tiny`")
+        c.done()
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == "tiny"
+
+
+@dataclass
+class DataConfig:
+    """Where stories come from and how they become training blocks."""
+
+    dataset: str = "roneneldan/TinyStories"
+    """Hub dataset with a text column; used when `files` is empty."""
+    dataset_split: str = "train"
+    """Split of the hub dataset to draw stories from."""
+    text_column: str = "text"
+    """Column holding the story text (hub datasets and `.jsonl` files)."""
+    files: list[str] = field(default_factory=list)
+    """Local story files or folders instead of the hub: `.txt` with `<|endoftext|>` separators or
+    `.jsonl` with a `text` field. The environment variable STORYTUNE_DATA_DIR, when set, fills this."""
+    max_stories: int | None = None
+    """Use at most this many stories (after cleaning, before splitting); None = all."""
+    validation_stories: int = 200
+    """Stories held out for eval loss (early stopping watches this split)."""
+    test_stories: int = 100
+    """Stories held out for generation prompts and references (never trained or early-stopped on)."""
+    block_size: int = 128
+    """Tokens per packed training block (EOS between stories)."""
+    split_seed: int = 1234
+    """Seed of the shuffle that splits stories into train/validation/test (same for every run)."""
+    num_proc: int = 1
+    """Processes for tokenization (`datasets.map(num_proc=...)`)."""
+    cache_dir: str | None = None
+    """Where processed datasets are cached; default `$STORYTUNE_CACHE` or `~/.cache/storytune`."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        c.require(isinstance(self.files, list) and all(isinstance(f, str) for f in self.files),
+                  "files", f"must be a list of paths, got {self.files!r}")
+        if self.max_stories is not None:
+            c.positive_int("max_stories", self.max_stories)
+        c.positive_int("validation_stories", self.validation_stories)
+        c.positive_int("test_stories", self.test_stories)
+        c.positive_int("block_size", self.block_size)
+        c.positive_int("num_proc", self.num_proc)
+        if _is_int(self.max_stories) and _is_int(self.validation_stories) and _is_int(self.test_stories):
+            held_out = self.validation_stories + self.test_stories
+            c.require(self.max_stories > held_out, "max_stories",
+                      f"must exceed validation_stories + test_stories = {held_out} so some stories "
+                      f"are left to train on, got {self.max_stories}")
+        c.done()
+
+
+@dataclass
+class TrainConfig:
+    """The Trainer's budget and optimiser. Steps are optimiser steps."""
+
+    max_steps: int = 1000
+    """Training budget in optimiser steps (the `none` arm always runs all of them)."""
+    batch_size: int = 8
+    """Blocks per device per micro-step."""
+    gradient_accumulation_steps: int = 1
+    """Micro-steps per optimiser step."""
+    learning_rate: float = 5e-4
+    """Peak learning rate of AdamW."""
+    lr_scheduler: str = "cosine"
+    """Any `transformers` scheduler name (`linear`, `cosine`, `constant_with_warmup`, ...)."""
+    warmup_steps: int = 50
+    """Linear warm-up, in optimiser steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    eval_steps: int = 50
+    """Evaluate on the validation split every this many steps. Early-stopping patience counts
+    evaluations, so the effective patience is `eval_steps * patience` steps."""
+    max_eval_blocks: int | None = None
+    """Evaluate on at most this many validation blocks (None = all) to keep evaluation cheap."""
+    save_steps: int | None = None
+    """Checkpoint every this many steps; default `eval_steps`. Must be a multiple of `eval_steps`
+    (the Trainer needs that to keep the best checkpoint)."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk (the best one is always kept in addition)."""
+    logging_steps: int = 10
+    """Log the training loss every this many steps."""
+    seed: int = 1
+    """Seed of data order, dropout and (for `tiny`) nothing else: the base weights have their own."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision; CPUs support fp32 only."""
+    deepspeed: str | None = None
+    """Path of a DeepSpeed JSON config (ZeRO); None = plain DDP/single process."""
+    dataloader_num_workers: int = 0
+    """Data loader worker processes."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps",
+                    "save_total_limit", "logging_steps"):
+            c.positive_int(key, getattr(self, key))
+        for key in ("learning_rate", "weight_decay", "max_grad_norm"):
+            c.non_negative(key, getattr(self, key))
+        c.require(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+                  f"must be an integer >= 0, got {self.warmup_steps!r}")
+        c.require(_is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        if self.max_eval_blocks is not None:
+            c.positive_int("max_eval_blocks", self.max_eval_blocks)
+        if self.save_steps is not None:
+            c.positive_int("save_steps", self.save_steps)
+            if _is_int(self.save_steps) and _is_int(self.eval_steps) and self.eval_steps > 0:
+                c.require(self.save_steps % self.eval_steps == 0, "save_steps",
+                          f"must be a multiple of eval_steps={self.eval_steps} so the best "
+                          f"checkpoint is on disk, got {self.save_steps}")
+        if _is_int(self.eval_steps) and _is_int(self.max_steps):
+            c.require(self.eval_steps <= self.max_steps, "eval_steps",
+                      f"must be <= max_steps={self.max_steps} or no evaluation happens, "
+                      f"got {self.eval_steps}")
+        c.done()
+
+    @property
+    def checkpoint_steps(self) -> int:
+        return self.save_steps or self.eval_steps
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """The arm of the study: stop when validation loss stops improving, or never."""
+
+    patience: int | None = None
+    """Evaluations without improvement before stopping; None = no early stopping (the `none` arm:
+    full budget, last weights kept)."""
+    threshold: float = 0.0
+    """Minimum decrease of eval loss (nats) that counts as an improvement."""
+    metric: str = "eval_loss"
+    """Validation metric watched (lower is better)."""
+    keep: Literal["best", "last"] = "best"
+    """Which weights an early-stopped run keeps. The `none` arm always keeps its last weights."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        if self.patience is not None:
+            c.positive_int("patience", self.patience)
+        c.non_negative("threshold", self.threshold)
+        c.require(self.metric == "eval_loss", "metric",
+                  f"only `eval_loss` is supported (lower is better), got {self.metric!r}")
+        c.require(self.patience is not None or not self.threshold, "threshold",
+                  "needs `patience` set (a threshold alone stops nothing); "
+                  f"set early_stopping.patience or threshold: 0, got threshold={self.threshold!r}")
+        c.done()
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience is not None
+
+    @property
+    def variant(self) -> str:
+        """Readable arm name: `none`, `patience3`, `patience3-thr0.01`."""
+        if not self.enabled:
+            return "none"
+        name = f"patience{self.patience}"
+        return f"{name}-thr{self.threshold:g}" if self.threshold else name
+
+
+@dataclass
+class GenerationConfig:
+    """How stories are generated for evaluation; identical for every model compared."""
+
+    num_prompts: int = 100
+    """Held-out test stories used as prompts."""
+    prompt: Literal["first_sentence", "first_tokens"] = "first_sentence"
+    """Prompt = first sentence of the story, or its first `prompt_tokens` tokens."""
+    prompt_tokens: int = 32
+    """Prompt length when `prompt: first_tokens` (and the cap for `first_sentence`)."""
+    max_new_tokens: int = 128
+    """Tokens generated per prompt."""
+    do_sample: bool = True
+    """Sample (True) or greedy decoding (False)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    seed: int = 0
+    """Generation seed (same for every model)."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        for key in ("num_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
+            c.positive_int(key, getattr(self, key))
+        c.require(_is_number(self.top_p) and 0 < self.top_p <= 1, "top_p",
+                  f"must be in (0, 1], got {self.top_p!r}")
+        c.require(_is_int(self.top_k) and self.top_k >= 0, "top_k",
+                  f"must be an integer >= 0, got {self.top_k!r}")
+        c.require(_is_number(self.temperature) and self.temperature > 0, "temperature",
+                  f"must be > 0, got {self.temperature!r}")
+        c.done()
+
+
+@dataclass
+class EvalConfig:
+    """Scoring of generated stories (the evaluation job)."""
+
+    scorer: str = "gpt2-large"
+    """Language model that scores fluency (conditional perplexity); `base` = the run's base model."""
+    encoder: str = "all-MiniLM-L6-v2"
+    """Sentence encoder for coherence (sentence-transformers name or path)."""
+    bootstrap_resamples: int = 1000
+    """Resamples for 95% confidence intervals."""
+    batch_size: int = 8
+    """Texts per scoring batch."""
+    mauve: bool = True
+    """Compute MAUVE against references when `mauve-text` is installed."""
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        c.positive_int("bootstrap_resamples", self.bootstrap_resamples)
+        c.positive_int("batch_size", self.batch_size)
+        c.done()
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases. Never fails a job: without an API key it writes offline files."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """`auto` = online when an API key is found (env or netrc), else offline."""
+    project: str = "storytune"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team); None = your default."""
+    group: str | None = None
+    """Run group; default the grid's name."""
+    tags: list[str] = field(default_factory=list)
+    """Extra tags (variant and seed are always added)."""
+    log_model: bool = False
+    """Upload the kept model as an artifact."""
+
+
+@dataclass
+class OutputConfig:
+    """Where results go. The run directory is the source of truth; W&B mirrors it."""
+
+    dir: str = "runs"
+    """Root of run directories."""
+    name: str | None = None
+    """Run directory name under `dir`; default derived from the config (variant, seed, id)."""
+    keep_checkpoints: bool = False
+    """Keep intermediate `checkpoint-*` folders after a successful run (the kept model stays)."""
+
+
+@dataclass
+class RunConfig:
+    """One fine-tuning run: model, data, training budget, early-stopping arm and reporting."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        c = _Checks()
+        if self.model.is_tiny:
+            c.require(self.data.block_size <= self.model.tiny.n_positions, "data.block_size",
+                      f"must be <= model.tiny.n_positions={self.model.tiny.n_positions}, "
+                      f"got {self.data.block_size}")
+        c.done()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: dict -> dataclass with every problem collected
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from plain data, raising one ConfigError with every problem."""
+    problems: list[Problem] = []
+    value = _build(cls, data, path, problems)
+    if problems:
+        raise ConfigError(problems)
+    return value
+
+
+def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem(path, f"must be a mapping of keys to values, got {data!r}"))
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, raw in data.items():
+        key_path = _join(path, str(key))
+        if key not in fields:
+            problems.append(Problem(key_path, f"unknown key; valid keys: {', '.join(fields)}"))
+            continue
+        before = len(problems)
+        converted = _convert(hints[key], raw, key_path, problems)
+        if len(problems) == before:
+            kwargs[key] = converted
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        problems.extend(err.prefixed(path))
+        # Keep walking the rest of the tree: rebuild this section from the values that passed.
+        return _best_effort(cls, kwargs, err)
+
+
+def _best_effort(cls: type, kwargs: dict[str, Any], err: ConfigError) -> Any:
+    bad = {p.path.split(".")[0] for p in err.problems}
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if k not in bad})
+    except ConfigError:
+        return cls()
+
+
+def _convert(tp: Any, raw: Any, path: str, problems: list[Problem]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, raw, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], raw, path, problems)
+    if origin is Literal:
+        if raw not in args:
+            problems.append(Problem(path, f"must be one of {', '.join(map(repr, args))}, got {raw!r}"))
+        return raw
+    if origin is list:
+        if not isinstance(raw, list):
+            problems.append(Problem(path, f"must be a list, got {raw!r}"))
+            return raw
+        return [_convert(args[0], item, f"{path}[{i}]", problems) for i, item in enumerate(raw)]
+    if tp is bool:
+        if not isinstance(raw, bool):
+            problems.append(Problem(path, f"must be true or false, got {raw!r}"))
+        return raw
+    if tp is int:
+        if not _is_int(raw):
+            problems.append(Problem(path, f"must be an integer, got {raw!r}"))
+        return raw
+    if tp is float:
+        if not _is_number(raw):
+            problems.append(Problem(path, f"must be a number, got {raw!r}"))
+            return raw
+        return float(raw)
+    if tp is str:
+        if not isinstance(raw, str):
+            problems.append(Problem(path, f"must be a string, got {raw!r}"))
+        return raw
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML files and overrides
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-problem ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([Problem("", f"config file not found: {path}")]) from None
+    except OSError as err:
+        raise ConfigError([Problem("", f"cannot read config file {path}: {err.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([Problem("", f"malformed YAML in {path}{where}: {problem}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", f"{path} must hold a mapping of sections, got {type(data).__name__}")])
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.max_steps=200` -> ("train.max_steps", 200); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([Problem("", f"override {text!r} must look like key.path=value")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts, creating sections as needed."""
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[last] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `update` merged in, recursing into mappings (neither input changes)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_environment(data: dict[str, Any]) -> dict[str, Any]:
+    """STORYTUNE_DATA_DIR points a config at local story files instead of the hub."""
+    data_dir = os.environ.get("STORYTUNE_DATA_DIR")
+    if data_dir:
+        data = deep_merge(data, {"data": {"files": [data_dir]}})
+    return data
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    data: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from a YAML file and/or a dict, then `key.path=value` overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    if data:
+        raw = deep_merge(raw, data)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_path(raw, key, value)
+    raw = apply_environment(raw)
+    try:
+        return from_dict(RunConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(err.problems, source=str(path) if path else None) from None

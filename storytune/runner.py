@@ -1,0 +1,135 @@
+"""Jobs as functions: the one place where a job touches the world (files, console, W&B).
+
+`jobs/*.py` parse arguments and call these; executors (Slurm, local, debug) call them too. Every
+side effect happens on the main process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from dataclasses import asdict
+from pathlib import Path
+
+from storytune.config import RunConfig
+from storytune.plan import Job, Plan
+from storytune.rundir import RunDir, read_json, run_dir_for, write_config, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("storytune")
+
+
+def setup_logging(main_process: bool = True) -> None:
+    """INFO on the main process, warnings elsewhere (one readable log per job)."""
+    level = logging.INFO if main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    import transformers
+
+    transformers.utils.logging.set_verbosity(logging.WARNING if main_process else logging.ERROR)
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), force: bool = False) -> dict:
+    """Fine-tune one arm into its run directory; returns result.json's content.
+
+    A run directory that already holds result.json is done: its result is returned unless `force`.
+    An interrupted run resumes from its last checkpoint.
+    """
+    from storytune.train import finetune, remove_checkpoints
+
+    run_dir = run_dir_for(config)
+    if run_dir.is_complete() and not force:
+        log.info("%s is complete; skipping (force=True reruns it)", run_dir.path)
+        return read_json(run_dir.result)
+    main = is_main_process()
+    if main:
+        run_dir.create()
+        if force:
+            run_dir.result.unlink(missing_ok=True)
+        write_config(run_dir.config, config)
+    result = finetune(config, run_dir, extra_callbacks=extra_callbacks)
+    payload = {"kind": "finetune", "run_dir": str(run_dir.path), **result.to_dict()}
+    if main:
+        write_json_atomic(run_dir.result, payload)
+        if not config.output.keep_checkpoints:
+            remove_checkpoints(run_dir)
+        log.info("wrote %s", run_dir.result)
+        print(format_result_line(payload), flush=True)
+    return payload
+
+
+def format_result_line(result: dict) -> str:
+    stop = f"stopped early at step {result['stop_step']}" if result["stopped_early"] else f"ran all {result['stop_step']} steps"
+    return (f"[{result['variant']} seed {result['seed']}] {stop}; best eval loss "
+            f"{result['best_eval_loss']:.4f} at step {result['best_step']}; kept step {result['kept_step']} "
+            f"(eval loss {result['final_eval_loss']:.4f}); {result['tokens_per_s']:.0f} tokens/s")
+
+
+def run_job(job: Job) -> dict:
+    """Run one job of a plan (what every executor calls on its worker)."""
+    from storytune.distributed import export_slurm_distributed_env
+
+    export_slurm_distributed_env()
+    setup_logging(is_main_process())
+    if job.kind == "finetune":
+        return run_finetune(job.config)
+    if job.kind == "evaluate":
+        return run_evaluate_job(job.config, str(RunDir(job.run_dir).model), RunDir(job.run_dir).eval_dir, job.run_id)
+    if job.kind == "evaluate_base":
+        from storytune.model import resolve_base_model
+
+        base = resolve_base_model(job.config.model, job.config.output.dir)
+        return run_evaluate_job(job.config, base, Path(job.grid_root) / "base" / "eval", "base")
+    return run_aggregate(Path(job.grid_root))
+
+
+def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None) -> dict:
+    from storytune.evaluate import run_evaluate
+
+    return run_evaluate(config, model_path, out_dir, label or model_path)
+
+
+def write_manifest(plan: Plan) -> Path:
+    """`<grid root>/plan.json`: the cells and jobs, read back by aggregation and status."""
+    path = plan.root / "plan.json"
+    write_json_atomic(path, plan.manifest())
+    return path
+
+
+def run_aggregate(root: Path) -> dict:
+    """Compare every cell of the grid at `root` with the base model; write `report/`, print the table."""
+    from storytune.aggregate import ExpectedCell, compare, to_console, to_csv, to_markdown
+
+    manifest = read_json(root / "plan.json")
+    expected = [ExpectedCell(c["run_id"], c["variant"], c["seed"]) for c in manifest["cells"]]
+    results = _read_all(root, [c.run_id for c in expected], "result.json")
+    evals = _read_all(root, [c.run_id for c in expected], "eval/eval.json")
+    base_eval_path = root / "base" / "eval" / "eval.json"
+    base_eval = read_json(base_eval_path) if base_eval_path.exists() else None
+    comparison = compare(expected, results, evals, base_eval)
+    report = root / "report"
+    title = f"storytune grid `{manifest['grid']}`: early stopping vs base model"
+    write_text_atomic(report / "comparison.md", to_markdown(comparison, title))
+    write_text_atomic(report / "comparison.csv", to_csv(comparison))
+    payload = {"grid": manifest["grid"], "cells": len(expected), "failed": comparison.failed,
+               "rows": [asdict(r) for r in comparison.rows], "base_eval_loss": comparison.base_eval_loss,
+               "base_metrics": comparison.base_metrics}
+    write_json_atomic(report / "comparison.json", payload)
+    print(f"\n{title}\n{to_console(comparison)}\nreport: {report / 'comparison.md'}", flush=True)
+    return payload
+
+
+def _read_all(root: Path, run_ids: list[str], name: str) -> dict[str, dict]:
+    found = {}
+    for run_id in run_ids:
+        path = root / run_id / name
+        if path.exists():
+            found[run_id] = read_json(path)
+    return found

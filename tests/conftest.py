@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests run offline on CPU: the hub is never contacted (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STORYTUNE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def stories_dir() -> Path:
+    """Real TinyStories text (read-only). Tests that need it skip when it is absent."""
+    if not (SHARED_DATA / "tinystories-train.txt").exists():
+        pytest.skip(f"TinyStories files not found in {SHARED_DATA} (set STORYTUNE_TEST_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One processed-data cache for the whole session (tokenizing is the slow part)."""
+    return tmp_path_factory.mktemp("data-cache")
+
+
+def tiny_overrides(stories_dir: Path, cache: Path, out: Path, extra: dict[str, object] | None = None) -> list[str]:
+    """A run small enough for a CPU test: 1 layer, d=32, 64-token blocks, a few hundred stories."""
+    base = {
+        "model.name": "tiny", "model.tiny.n_layer": 1, "model.tiny.n_embd": 32, "model.tiny.n_head": 2,
+        "model.tiny.n_positions": 64,
+        "data.files": f"[{stories_dir}]", "data.max_stories": 300, "data.validation_stories": 30,
+        "data.test_stories": 20, "data.block_size": 64, "data.cache_dir": str(cache),
+        "train.batch_size": 4, "train.max_steps": 30, "train.eval_steps": 10, "train.logging_steps": 10,
+        "train.warmup_steps": 0, "output.dir": str(out), "wandb.mode": "disabled",
+    }
+    base.update(extra or {})
+    return [f"{k}={v}" for k, v in base.items()]

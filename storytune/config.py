@@ -41,8 +41,11 @@ class ConfigError(ValueError):
         self.source = source
         where = f" in {source}" if source else ""
         count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid config{where} ({count} problem{'s' * (count != 1)}):\n{lines}")
+        if count == 1:
+            super().__init__(f"invalid config{where}: {self.problems[0]}")
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            super().__init__(f"invalid config{where} ({count} problems):\n{lines}")
 
     def prefixed(self, prefix: str) -> list[Problem]:
         return [Problem(_join(prefix, p.path), p.message) for p in self.problems]

@@ -7,6 +7,7 @@ side effect happens on the main process only.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -31,18 +32,20 @@ def setup_logging(main_process: bool = True) -> None:
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    """Global rank 0, read from the launcher's environment (torchrun, accelerate, or Slurm via
+    `export_slurm_distributed_env`). Asking accelerate's PartialState this early would create its
+    process-group state before TrainingArguments can (and on CPU it then reports rank 0 everywhere)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), force: bool = False) -> dict:
     """Fine-tune one arm into its run directory; returns result.json's content.
 
     A run directory that already holds result.json is done: its result is returned unless `force`.
-    An interrupted run resumes from its last checkpoint.
+    An interrupted run resumes from its last checkpoint, and continues the same W&B run.
     """
-    from storytune.train import finetune, remove_checkpoints
+    from storytune.tracking import Tracker, finetune_summary, trainer_callback
+    from storytune.train import finetune, last_checkpoint, remove_checkpoints
 
     run_dir = run_dir_for(config)
     if run_dir.is_complete() and not force:
@@ -54,14 +57,20 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
         if force:
             run_dir.result.unlink(missing_ok=True)
         write_config(run_dir.config, config)
-    result = finetune(config, run_dir, extra_callbacks=extra_callbacks)
-    payload = {"kind": "finetune", "run_dir": str(run_dir.path), **result.to_dict()}
-    if main:
-        write_json_atomic(run_dir.result, payload)
-        if not config.output.keep_checkpoints:
-            remove_checkpoints(run_dir)
-        log.info("wrote %s", run_dir.result)
-        print(format_result_line(payload), flush=True)
+    tags = [config.early_stopping.variant, f"seed{config.train.seed}"]
+    fresh_start = last_checkpoint(run_dir.checkpoints) is None  # else: continue the same W&B run
+    with Tracker.start(config, run_dir.path, "finetune", name=run_dir.path.name, tags=tags,
+                       restart=fresh_start) as tracker:
+        result = finetune(config, run_dir, extra_callbacks=[trainer_callback(tracker), *extra_callbacks])
+        payload = {"kind": "finetune", "run_dir": str(run_dir.path), **result.to_dict()}
+        if main:
+            write_json_atomic(run_dir.result, payload)
+            tracker.summary(finetune_summary(payload))
+            tracker.log_artifact_dir(run_dir.model, name=f"model-{run_dir.path.name}", type="model")
+            if not config.output.keep_checkpoints:
+                remove_checkpoints(run_dir)
+            log.info("wrote %s", run_dir.result)
+            print(format_result_line(payload), flush=True)
     return payload
 
 

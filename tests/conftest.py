@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,7 +40,38 @@ def tiny_overrides(stories_dir: Path, cache: Path, out: Path, extra: dict[str, o
         "data.files": f"[{stories_dir}]", "data.max_stories": 300, "data.validation_stories": 30,
         "data.test_stories": 20, "data.block_size": 64, "data.cache_dir": str(cache),
         "train.batch_size": 4, "train.max_steps": 30, "train.eval_steps": 10, "train.logging_steps": 10,
-        "train.warmup_steps": 0, "output.dir": str(out), "wandb.mode": "disabled",
+        "train.warmup_steps": 0, "train.max_eval_blocks": 24, "output.dir": str(out), "wandb.mode": "disabled",
     }
     base.update(extra or {})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+CLUSTER_SCRIPT = REPO / "slurm" / "local_cluster.sh"
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "sbatch not on PATH (Slurm not installed); run `bash slurm/local_cluster.sh start`"
+    try:
+        status = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "status"],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return "`slurm/local_cluster.sh status` timed out"
+    if status.returncode != 0:
+        tail = " | ".join((status.stdout + status.stderr).strip().splitlines()[-8:])
+        return f"local Slurm cluster not healthy (`slurm/local_cluster.sh status` exited {status.returncode}): {tail}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+

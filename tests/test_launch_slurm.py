@@ -1,0 +1,84 @@
+"""`launch/submit.py` against the REAL local Slurm cluster (slurm/local_cluster.sh): job arrays,
+dependencies, base evaluation, aggregation, status, and an idempotent second submission."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TIMEOUT_S = 900
+
+
+def submit(grid: Path, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env_extra or {})}
+    return subprocess.run([sys.executable, "launch/submit.py", "--grid", str(grid), "--executor", "slurm", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def wait_for(path: Path, timeout_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", "--name", "tiny-finetune,tiny-evaluate,tiny-base,tiny-aggregate"])
+            pytest.fail(f"{path} did not appear within {timeout_s} s")
+        time.sleep(2)
+
+
+def status(root: Path) -> str:
+    return subprocess.run([sys.executable, "launch/status.py", str(root)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120).stdout
+
+
+def test_tiny_grid_end_to_end_on_slurm(slurm_cluster, stories_dir: Path, tmp_path: Path) -> None:
+    grid = REPO / "configs" / "grids" / "tiny.yaml"
+    env = {"STORYTUNE_DATA_DIR": str(stories_dir), "STORYTUNE_CACHE": str(tmp_path / "cache")}
+    overrides = [f"output_dir={tmp_path}", "base.generation.num_prompts=4", "base.generation.max_new_tokens=12"]
+    first = submit(grid, *overrides, env_extra=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    root = tmp_path / "tiny"
+    record = json.loads((root / "submissions.json").read_text())
+    finetune_ids = {v["job_id"] for k, v in record.items() if k.startswith("finetune/")}
+    assert len(finetune_ids) == 4 and len({i.split("_")[0] for i in finetune_ids}) == 1, "one array"
+
+    wait_for(root / "report" / "comparison.json")
+    comparison = json.loads((root / "report" / "comparison.json").read_text())
+    assert comparison["failed"] == []
+    assert [r["variant"] for r in comparison["rows"]] == ["none", "patience1-thr0.05"]
+    assert all(r["seeds_done"] == 2 for r in comparison["rows"])
+    assert (root / "base" / "eval" / "eval.json").exists()
+    assert len(list(root.glob("*/eval/eval.json"))) == 4
+    assert "done" in status(root)
+
+    again = submit(grid, *overrides, env_extra=env)
+    assert again.returncode == 0, again.stderr
+    lines = [line for line in again.stdout.splitlines() if line.startswith(("finetune/", "evaluate/"))]
+    assert lines and all("skipped (done)" in line for line in lines), again.stdout
+    resubmitted = json.loads((root / "submissions.json").read_text())
+    assert {k for k in resubmitted if resubmitted[k] != record.get(k)} == {"aggregate"}
+
+
+def test_failed_cell_is_reported_and_others_kept(slurm_cluster, stories_dir: Path, tmp_path: Path) -> None:
+    grid = REPO / "configs" / "grids" / "tiny.yaml"
+    env = {"STORYTUNE_DATA_DIR": str(stories_dir), "STORYTUNE_CACHE": str(tmp_path / "cache")}
+    # 5,000 validation stories pass config checks but exceed the 4,426 stories on disk: a run-time failure.
+    overrides = [f"output_dir={tmp_path}", "evaluate=false", "axes.train.seed=[1]",
+                 "axes.data.validation_stories=[30, 5000]"]
+    result = submit(grid, *overrides, env_extra=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = tmp_path / "tiny"
+    wait_for(root / "report" / "comparison.json")
+    comparison = json.loads((root / "report" / "comparison.json").read_text())
+    assert len(comparison["failed"]) == 2  # both arms' 5000-story cells
+    assert sum(r["seeds_done"] for r in comparison["rows"]) == 2
+    text = status(root)
+    assert "failed" in text and "only" in text, text  # the failed job's log tail names the problem

@@ -438,7 +438,9 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
             continue
         before = len(problems)
         converted = _convert(hints[key], raw, key_path, problems)
-        if len(problems) == before:
+        # A bad scalar falls back to its default; a section keeps its best-effort rebuild, so
+        # checks across sections do not report problems that only the fallback would have.
+        if len(problems) == before or dataclasses.is_dataclass(hints[key]):
             kwargs[key] = converted
     try:
         return cls(**kwargs)

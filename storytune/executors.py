@@ -301,6 +301,14 @@ class _SequentialExecutor(Executor):
             executor.update_parameters(**submitit_parameters(resources, f"{self.plan.grid_name}-{job.kind}"))
             log.info("starting %s", job.name)
             handles.append((job, executor.submit(JobRunner(), job)))
+        try:
+            return self._collect(handles)
+        except KeyboardInterrupt:  # Ctrl-C: stop the job processes too, not only this one
+            for _, handle in handles:
+                handle.cancel(check=False)
+            raise
+
+    def _collect(self, handles: list[tuple[Job, Any]]) -> list[Submitted]:
         results = []
         for job, handle in handles:
             if self.stream is not None and len(handles) == 1 and self.cluster == "local":

@@ -121,12 +121,16 @@ class Grid:
 def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """Read, expand and validate a grid file; every problem of every cell is listed at once.
 
-    Overrides are `key.path=value` on the grid file (`base.train.max_steps=100`, `output_dir=/x`).
+    Overrides are `key.path=value` on the grid file (`base.train.max_steps=100`, `output_dir=/x`,
+    `axes.train.seed=[1,2,3]`).
     """
     raw = read_yaml(path)
     for text in overrides:
         key, value = parse_override(text)
-        set_path(raw, key, value)
+        if key.startswith("axes."):  # axis names are dotted keys themselves: `axes.train.seed=[1,2]`
+            raw.setdefault("axes", {})[key.removeprefix("axes.")] = value
+        else:
+            set_path(raw, key, value)
     try:
         return expand_grid(raw, source=str(path))
     except ConfigError as err:

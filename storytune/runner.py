@@ -90,19 +90,48 @@ def run_job(job: Job) -> dict:
     if job.kind == "finetune":
         return run_finetune(job.config)
     if job.kind == "evaluate":
-        return run_evaluate_job(job.config, str(RunDir(job.run_dir).model), RunDir(job.run_dir).eval_dir, job.run_id)
+        tags = [job.config.early_stopping.variant, f"seed{job.config.train.seed}"]
+        return run_evaluate_job(job.config, str(RunDir(job.run_dir).model), RunDir(job.run_dir).eval_dir,
+                                job.run_id, tags)
     if job.kind == "evaluate_base":
         from storytune.model import resolve_base_model
 
         base = resolve_base_model(job.config.model, job.config.output.dir)
-        return run_evaluate_job(job.config, base, Path(job.grid_root) / "base" / "eval", "base")
-    return run_aggregate(Path(job.grid_root))
+        return run_evaluate_job(job.config, base, Path(job.grid_root) / "base" / "eval", "base", ["base"])
+    return run_aggregate(Path(job.grid_root), job.config)
 
 
-def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None) -> dict:
+def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None,
+                     tags: Sequence[str] = ()) -> dict:
+    """Evaluate one model (a fine-tuned cell or the base) into `out_dir`, mirrored to W&B."""
     from storytune.evaluate import run_evaluate
+    from storytune.generate import read_generations
+    from storytune.tracking import Tracker
 
-    return run_evaluate(config, model_path, out_dir, label or model_path)
+    label = label or model_path
+    with Tracker.start(config, out_dir, "evaluate", name=f"{label}-eval", tags=list(tags)) as tracker:
+        payload = run_evaluate(config, model_path, out_dir, label)
+        if payload and tracker:
+            tracker.summary(eval_summary(payload))
+            samples = read_generations(out_dir / "generations.jsonl")[:SAMPLES_TO_WANDB]
+            tracker.table("eval/samples", ["prompt", "continuation", "reference"],
+                          [[r["prompt"], r["continuation"], r["reference"]] for r in samples])
+    return payload
+
+
+SAMPLES_TO_WANDB = 50
+
+
+def eval_summary(payload: dict) -> dict[str, float]:
+    """eval.json metrics -> flat W&B summary values: `eval/<metric>` and its 95% CI bounds."""
+    summary: dict[str, float] = {}
+    for name, agg in (payload.get("metrics") or {}).items():
+        if isinstance(agg, dict) and agg.get("mean") is not None:
+            summary[f"eval/{name}"] = agg["mean"]
+            for bound in ("ci_low", "ci_high"):
+                if agg.get(bound) is not None:
+                    summary[f"eval/{name}_{bound}"] = agg[bound]
+    return summary
 
 
 def write_manifest(plan: Plan) -> Path:
@@ -112,9 +141,10 @@ def write_manifest(plan: Plan) -> Path:
     return path
 
 
-def run_aggregate(root: Path) -> dict:
-    """Compare every cell of the grid at `root` with the base model; write `report/`, print the table."""
-    from storytune.aggregate import ExpectedCell, compare, to_console, to_csv, to_markdown
+def run_aggregate(root: Path, config: RunConfig | None = None) -> dict:
+    """Compare every cell of the grid at `root` with the base model; write `report/`, print the
+    table, and (when `config` is given) mirror it to W&B as a table and bar charts."""
+    from storytune.aggregate import ExpectedCell, compare, table_rows, to_console, to_csv, to_markdown
 
     manifest = read_json(root / "plan.json")
     expected = [ExpectedCell(c["run_id"], c["variant"], c["seed"]) for c in manifest["cells"]]
@@ -128,11 +158,36 @@ def run_aggregate(root: Path) -> dict:
     write_text_atomic(report / "comparison.md", to_markdown(comparison, title))
     write_text_atomic(report / "comparison.csv", to_csv(comparison))
     payload = {"grid": manifest["grid"], "cells": len(expected), "failed": comparison.failed,
-               "rows": [asdict(r) for r in comparison.rows], "base_eval_loss": comparison.base_eval_loss,
-               "base_metrics": comparison.base_metrics}
+               "missing_evals": comparison.missing_evals, "rows": [asdict(r) for r in comparison.rows],
+               "base_eval_loss": comparison.base_eval_loss, "base_metrics": comparison.base_metrics}
     write_json_atomic(report / "comparison.json", payload)
     print(f"\n{title}\n{to_console(comparison)}\nreport: {report / 'comparison.md'}", flush=True)
+    if config is not None:
+        _aggregate_to_wandb(config, report, manifest["grid"], table_rows(comparison), comparison)
     return payload
+
+
+def _aggregate_to_wandb(config: RunConfig, report: Path, grid: str, table: tuple, comparison) -> None:
+    from storytune.tracking import Tracker
+
+    header, rows = table
+    with Tracker.start(config, report, "aggregate", name=f"{grid}-aggregate", tags=["aggregate"]) as tracker:
+        if not tracker:
+            return
+        tracker.table("grid/comparison", header, rows)
+        bars = {"kept_eval_loss": lambda r: r.kept_eval_loss, "stop_step": lambda r: r.stop_step,
+                "compute_saved": lambda r: r.compute_saved,
+                **{f"eval_{k}": (lambda r, k=k: r.metrics.get(k)) for k in comparison.base_metrics}}
+        for key, value in bars.items():
+            points = [[r.variant, value(r)] for r in comparison.rows if value(r) is not None]
+            base = comparison.base_metrics.get(key.removeprefix("eval_")) if key.startswith("eval_") else None
+            if key == "kept_eval_loss":
+                base = comparison.base_eval_loss
+            if base is not None:
+                points.insert(0, ["base", base])
+            if points:
+                tracker.bar_chart(f"grid/{key}", ["variant", key], points, x="variant", y=key,
+                                  title=f"{key} per early-stopping arm vs base")
 
 
 def _read_all(root: Path, run_ids: list[str], name: str) -> dict[str, dict]:

@@ -106,3 +106,10 @@ def test_every_shipped_yaml_loads() -> None:
             assert grid.cells
         else:
             load_run_config(path)
+
+
+def test_a_bad_section_does_not_cause_spurious_cross_checks() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(RunConfig, {"model": {"name": "tiny", "tiny": {"n_positions": 64}},
+                              "data": {"max_stories": 300, "validation_stories": 5000, "block_size": 64}})
+    assert [p.path for p in info.value.problems] == ["data.max_stories"]

@@ -87,3 +87,11 @@ def test_shipped_study_grid() -> None:
     assert len(grid.cells) == 15
     assert {c.config.early_stopping.variant for c in grid.cells} == {
         "none", "patience1", "patience3", "patience5", "patience3-thr0.01"}
+
+
+def test_overrides_reach_base_and_axes(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid_dict()))
+    grid = load_grid(path, ["base.train.max_steps=50", "axes.train.seed=[7]", "name=other"])
+    assert [c.config.train.seed for c in grid.cells] == [7, 7]
+    assert grid.cells[0].config.train.max_steps == 50 and grid.spec.name == "other"

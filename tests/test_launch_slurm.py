@@ -34,6 +34,18 @@ def wait_for(path: Path, timeout_s: float = TIMEOUT_S) -> None:
         time.sleep(2)
 
 
+def wait_until_finished(job_id: str, timeout_s: float = 120) -> None:
+    """comparison.json appears before the aggregation job has left Slurm's queue."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
+                               text=True).stdout.strip()
+        if state and state.split()[0] not in ("PENDING", "RUNNING", "COMPLETING"):
+            return
+        time.sleep(1)
+    pytest.fail(f"job {job_id} still queued or running after {timeout_s} s")
+
+
 def status(root: Path) -> str:
     return subprocess.run([sys.executable, "launch/status.py", str(root)], cwd=REPO, capture_output=True,
                           text=True, timeout=120).stdout
@@ -56,8 +68,9 @@ def test_tiny_grid_end_to_end_on_slurm(slurm_cluster, stories_dir: Path, tmp_pat
     assert [r["variant"] for r in comparison["rows"]] == ["none", "patience1-thr0.05"]
     assert all(r["seeds_done"] == 2 for r in comparison["rows"])
     assert (root / "base" / "eval" / "eval.json").exists()
-    assert len(list(root.glob("*/eval/eval.json"))) == 4
+    assert len(list(root.glob("*/eval/eval.json"))) == 4 + 1  # every cell and the base model
     assert "done" in status(root)
+    wait_until_finished(record["aggregate"]["job_id"])
 
     again = submit(grid, *overrides, env_extra=env)
     assert again.returncode == 0, again.stderr
@@ -72,7 +85,7 @@ def test_failed_cell_is_reported_and_others_kept(slurm_cluster, stories_dir: Pat
     env = {"STORYTUNE_DATA_DIR": str(stories_dir), "STORYTUNE_CACHE": str(tmp_path / "cache")}
     # 5,000 validation stories pass config checks but exceed the 4,426 stories on disk: a run-time failure.
     overrides = [f"output_dir={tmp_path}", "evaluate=false", "axes.train.seed=[1]",
-                 "axes.data.validation_stories=[30, 5000]"]
+                 "axes.data.validation_stories=[30, 5000]", "base.data.max_stories=null"]
     result = submit(grid, *overrides, env_extra=env)
     assert result.returncode == 0, result.stdout + result.stderr
     root = tmp_path / "tiny"

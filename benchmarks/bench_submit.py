@@ -54,9 +54,9 @@ def cancel_all() -> None:
 
 def time_cli(grid_path: Path) -> float:
     shutil.rmtree(grid_path.parent / "runs", ignore_errors=True)
+    command = [sys.executable, str(REPO / "launch" / "submit.py"), "--grid", str(grid_path), "--executor", "slurm"]
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--grid", str(grid_path), "--executor", "slurm"],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     elapsed = time.perf_counter() - start
     cancel_all()
     return elapsed

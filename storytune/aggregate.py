@@ -11,8 +11,9 @@ import csv
 import io
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 # Generation metrics shown in the comparison: eval.json key -> (column title, higher is better?)
 EVAL_METRICS: dict[str, tuple[str, bool]] = {

@@ -52,10 +52,9 @@ from storytune.generate import (
     decoding_settings,
     generate_tokens,
     make_prompts,
-    model_context_length,
     write_generations,
 )
-from storytune.model import ModelLoadError, load_model, load_tokenizer, resolve_base_model
+from storytune.model import ModelLoadError, context_length, load_model, load_tokenizer, resolve_base_model
 from storytune.rundir import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -314,7 +313,7 @@ def generate_samples(lm: LoadedLM, prompts: list[Prompt], settings: GenerationCo
 
 def held_out_perplexity(lm: LoadedLM, stories: list[str], block_size: int, batch_size: int) -> metrics.Aggregate:
     """The evaluated model's perplexity on the held-out stories (a corpus value: no CI)."""
-    context = model_context_length(lm.model) or block_size
+    context = context_length(lm.model) or block_size
     value = metrics.corpus_perplexity(lm.model, lm.tokenizer, stories, block_size=min(block_size, context),
                                       batch_size=batch_size)
     return metrics.Aggregate(value, math.nan, math.nan, len(stories))
@@ -413,7 +412,8 @@ def score(evaluation: Evaluation, lm: LoadedLM, scorer: Scorer, encoder: metrics
     n, kept = len(samples.prompts), samples.kept
     kept_texts = pick(samples.continuations, kept)
     with timer("test_perplexity"):
-        evaluation.aggregates["test_perplexity"] = held_out_perplexity(lm, stories, config.data.block_size, ev.batch_size)
+        evaluation.aggregates["test_perplexity"] = held_out_perplexity(lm, stories, config.data.block_size,
+                                                                      ev.batch_size)
     with timer("fluency"):
         evaluation.per_sample["fluency_perplexity"] = scatter(fluency(scorer, samples, ev.batch_size), kept, n)
     with timer("coherence"):

@@ -17,9 +17,10 @@ import shutil
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from storytune.grid import ResourcesConfig
 from storytune.plan import Job, Plan
@@ -136,41 +137,47 @@ class SlurmExecutor(Executor):
         outcome: list[Submitted] = []
         job_ids: dict[str, str] = {name: entry["job_id"] for name, entry in record.items() if name in in_flight}
 
+        name = self.plan.grid_name
         finetunes = self._pending(self.plan.finetunes, in_flight, outcome)
-        ids = self._submit_array(finetunes, self.resources, f"{self.plan.grid_name}-finetune")
-        job_ids.update(ids)
-
+        finetune_ids = self._submit_array(finetunes, self.resources, f"{name}-finetune")
+        job_ids.update(finetune_ids)
         evals = self._pending(self.plan.evaluations, in_flight, outcome)
-        new_array = [j for j in evals if j.depends_on[0] in ids]
-        array_id = ids[new_array[0].depends_on[0]].split("_")[0] if new_array else None
-        # aftercorr needs evaluation task i to match fine-tune task i: same order, same length.
-        if new_array and len(new_array) == len(finetunes) and [j.depends_on[0] for j in new_array] == [f.name for f in finetunes]:
-            job_ids.update(self._submit_array(new_array, self.eval_resources, f"{self.plan.grid_name}-evaluate",
-                                              dependency=f"aftercorr:{array_id}"))
-            rest = [j for j in evals if j not in new_array]
-        else:
-            rest = evals
-        for job in rest:  # evaluations of cells fine-tuned earlier, or waiting on an older array task
-            upstream = job_ids.get(job.depends_on[0])
-            dependency = f"afterok:{upstream}" if upstream else None
-            job_ids.update(self._submit_array([job], self.eval_resources, f"{self.plan.grid_name}-evaluate", dependency))
-
+        job_ids.update(self._submit_evaluations(evals, finetunes, finetune_ids, job_ids))
         base = self._pending([self.plan.base_evaluation] if self.plan.base_evaluation else [], in_flight, outcome)
-        job_ids.update(self._submit_array(base, self.eval_resources, f"{self.plan.grid_name}-base"))
-
+        job_ids.update(self._submit_array(base, self.eval_resources, f"{name}-base"))
+        # afterany: the aggregation runs even when jobs fail, and reports the failed cells.
         waits = sorted({job_ids[n] for n in self.plan.aggregation.depends_on if n in job_ids})
-        dependency = "afterany:" + ":".join(waits) if waits else None
-        job_ids.update(self._submit_array([self.plan.aggregation], self.eval_resources,
-                                          f"{self.plan.grid_name}-aggregate", dependency))
+        job_ids.update(self._submit_array([self.plan.aggregation], self.eval_resources, f"{name}-aggregate",
+                                          "afterany:" + ":".join(waits) if waits else None))
 
-        submitted_now = {name: job_id for name, job_id in job_ids.items() if name not in in_flight}
-        for job in self.plan.jobs:
-            if job.name in submitted_now:
-                outcome.append(Submitted(job.name, job.kind, "submitted", submitted_now[job.name],
-                                         log=str(self.folder / submitted_now[job.name] / f"{submitted_now[job.name]}_0_log.out")))
-        record.update({name: {"job_id": job_id, "submitted_at": time.time()} for name, job_id in submitted_now.items()})
+        submitted_now = {job: job_id for job, job_id in job_ids.items() if job not in in_flight}
+        outcome += [Submitted(job.name, job.kind, "submitted", job_id, self._log(job_id))
+                    for job in self.plan.jobs if (job_id := submitted_now.get(job.name))]
+        record.update({job: {"job_id": job_id, "submitted_at": time.time()} for job, job_id in submitted_now.items()})
         write_json_atomic(self.record_path, record)
-        return sorted(outcome, key=lambda s: [j.name for j in self.plan.jobs].index(s.name))
+        order = [job.name for job in self.plan.jobs]
+        return sorted(outcome, key=lambda s: order.index(s.name))
+
+    def _submit_evaluations(self, evals: list[Job], finetunes: list[Job], finetune_ids: dict[str, str],
+                            job_ids: dict[str, str]) -> dict[str, str]:
+        """Evaluations of this submission's fine-tunes as one array, task i after fine-tune task i
+        (`aftercorr`); others (cell fine-tuned earlier, or still queued from an earlier submission)
+        one by one, after their fine-tune if it is still queued."""
+        name = f"{self.plan.grid_name}-evaluate"
+        paired = [job for job in evals if job.depends_on[0] in finetune_ids]
+        ids: dict[str, str] = {}
+        if paired and [job.depends_on[0] for job in paired] == [job.name for job in finetunes]:
+            array_id = finetune_ids[finetunes[0].name].split("_")[0]
+            ids.update(self._submit_array(paired, self.eval_resources, name, f"aftercorr:{array_id}"))
+        for job in evals:
+            if job.name not in ids:
+                upstream = job_ids.get(job.depends_on[0])
+                ids.update(self._submit_array([job], self.eval_resources, name,
+                                              f"afterok:{upstream}" if upstream else None))
+        return ids
+
+    def _log(self, job_id: str) -> str:
+        return str(self.folder / job_id / f"{job_id}_0_log.out")
 
     def _in_flight(self, record: dict[str, dict[str, Any]]) -> set[str]:
         """Names of unfinished jobs that an earlier submission left queued or running."""

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storytune.config import GenerationConfig
+from storytune.model import context_length
 from storytune.rundir import write_text_atomic
 
 if TYPE_CHECKING:
@@ -132,19 +133,9 @@ def make_prompts(stories: Sequence[str], tokenizer: PreTrainedTokenizerBase,
 # Generation
 
 
-def model_context_length(model: PreTrainedModel) -> int | None:
-    """Longest sequence the model can attend over (GPT-2: `n_positions`)."""
-    config = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def max_prompt_tokens(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     """Longest prompt that leaves room for `max_new_tokens` (None: the model states no limit)."""
-    context = model_context_length(model)
+    context = context_length(model)
     if context is None:
         return None
     if context <= max_new_tokens:

@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storytune.config import (ConfigError, Problem, RunConfig, apply_environment, deep_merge,
-                              from_dict, parse_override, read_yaml, set_path)
+from storytune.config import (
+    ConfigError,
+    Problem,
+    RunConfig,
+    apply_environment,
+    deep_merge,
+    from_dict,
+    parse_override,
+    read_yaml,
+    set_path,
+)
 from storytune.rundir import config_hash
 
 

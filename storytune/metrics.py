@@ -433,15 +433,6 @@ def bootstrap_corpus_metric(
 # Fluency: perplexity under a causal language model
 
 
-def _model_max_positions(model: Any) -> int | None:
-    cfg = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(cfg, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
@@ -531,7 +522,9 @@ def conditional_perplexities(
     p_ids = _encode(tokenizer, prompts)
     c_ids = _encode(tokenizer, continuations)
     bos = getattr(tokenizer, "bos_token_id", None)
-    max_pos = _model_max_positions(model)
+    from storytune.model import context_length
+
+    max_pos = context_length(model)
     seqs: list[tuple[list[int], int, int]] = []
     seq_index: list[int] = []
     out = [math.nan] * len(prompts)
@@ -591,7 +584,9 @@ def corpus_perplexity(
     Texts with nothing to score are skipped; ``nan`` if no text has any token to score.
     """
     texts = _check_texts(texts)
-    max_pos = _model_max_positions(model)
+    from storytune.model import context_length
+
+    max_pos = context_length(model)
     if block_size is None:
         block_size = max_pos
     if block_size is None:

@@ -84,6 +84,16 @@ def load_model(name_or_path: str) -> PreTrainedModel:
         raise ModelLoadError(f"cannot load model {name_or_path!r}: {_first_line(err)}") from None
 
 
+def context_length(model: PreTrainedModel) -> int | None:
+    """Longest sequence the model can attend over (GPT-2: `n_positions`)."""
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _unreachable_message(what: str, name: str) -> str:
     return (f"cannot load {what} {name!r}: it is not a local path and the Hugging Face Hub is "
             "unreachable (or HF_HUB_OFFLINE=1). Use a local path, or model.name=tiny for an offline run.")

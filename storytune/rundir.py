@@ -52,7 +52,7 @@ class RunDir:
     def is_complete(self) -> bool:
         return self.result.exists()
 
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         """Make the directory, failing with a clear message when it cannot be written."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)

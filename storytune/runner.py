@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Sequence
-
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -75,7 +74,8 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
 
 
 def format_result_line(result: dict) -> str:
-    stop = f"stopped early at step {result['stop_step']}" if result["stopped_early"] else f"ran all {result['stop_step']} steps"
+    step = result["stop_step"]
+    stop = f"stopped early at step {step}" if result["stopped_early"] else f"ran all {step} steps"
     return (f"[{result['variant']} seed {result['seed']}] {stop}; best eval loss "
             f"{result['best_eval_loss']:.4f} at step {result['best_step']}; kept step {result['kept_step']} "
             f"(eval loss {result['final_eval_loss']:.4f}); {result['tokens_per_s']:.0f} tokens/s")

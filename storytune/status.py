@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from storytune.executors import ACTIVE_STATES, read_submissions, slurm_states
-from storytune.plan import output_file
 from storytune.rundir import read_json
 
 

@@ -28,7 +28,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal

@@ -12,9 +12,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.data import DataSummary, lm_collator, prepare_data
@@ -47,7 +48,7 @@ class FinetuneResult:
     kept_step: int
     """Step of the kept weights: best_step for early-stopped runs that keep the best, else stop_step."""
     base_eval_loss: float | None
-    """Validation loss of the base model before any training (None when resumed)."""
+    """Validation loss of the base model before any training (None when resumed or under DeepSpeed)."""
     patience_counter_at_stop: int | None
     train_tokens_seen: int
     tokens_per_step: int
@@ -187,14 +188,17 @@ def finetune(config: RunConfig, run_dir: RunDir,
     """Train one arm to its stop, resuming from the run directory's last checkpoint if any."""
     trainer, summary, base = build_trainer(config, run_dir, extra_callbacks)
     resume_from = last_checkpoint(run_dir.checkpoints)
-    base_eval_loss = None if resume_from else trainer.evaluate()["eval_loss"]
+    # The base model's loss before any step. Skipped on resume (it was measured then) and under
+    # DeepSpeed, whose engine only exists once training starts (evaluating first needs ZeRO-3).
+    measure_base = not resume_from and not config.train.deepspeed
+    base_eval_loss = trainer.evaluate()["eval_loss"] if measure_base else None
     if trainer.is_world_process_zero():
         log.info(describe_budget(config.train, config.data.block_size, trainer.args.world_size, summary))
         if resume_from:
             log.info("Resuming from %s", resume_from)
 
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
     wall_time_s = time.perf_counter() - started
 
     # Snapshot before the final evaluation: it would count against patience and log a point.
@@ -213,7 +217,8 @@ def collect_result(config: RunConfig, trainer: Trainer, summary: DataSummary, ba
     tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps
                        * args.world_size * config.data.block_size)
     stopped_early = state.global_step < config.train.max_steps
-    kept_step = state.best_global_step if keeps_best(config.early_stopping) and state.best_global_step else state.global_step
+    kept_best = keeps_best(config.early_stopping) and state.best_global_step
+    kept_step = state.best_global_step if kept_best else state.global_step
     resumed_steps = _checkpoint_step(resume_from)
     steps_this_process = state.global_step - (resumed_steps or 0)
     return FinetuneResult(

@@ -4,8 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from storytune.config import (ConfigError, EarlyStoppingConfig, RunConfig, TrainConfig, from_dict,
-                              load_run_config, parse_override)
+from storytune.config import (
+    ConfigError,
+    EarlyStoppingConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    load_run_config,
+    parse_override,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

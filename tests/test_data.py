@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from storytune.config import DataConfig
-from storytune.data import (DataError, clean_stories, load_local_stories, pack_blocks, prepare_data,
-                            split_stories, story_files)
+from storytune.data import (
+    DataError,
+    clean_stories,
+    load_local_stories,
+    pack_blocks,
+    prepare_data,
+    split_stories,
+    story_files,
+)
 from storytune.model import shipped_gpt2_tokenizer
 
 

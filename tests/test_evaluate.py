@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_overrides
 
+from conftest import REPO, tiny_overrides
 from storytune.config import load_run_config
 from storytune.evaluate import (
     CORPUS_METRICS,

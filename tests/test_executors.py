@@ -19,7 +19,8 @@ def grid(tmp_path: Path):
         "axes": {"early_stopping": [{"patience": None}, {"patience": 1}], "train.seed": [1, 2]},
         "resources": {"partition": "gpu", "account": "proj", "time_min": 90, "gpus_per_node": 4, "nodes": 2,
                       "cpus_per_task": 6, "mem_gb": 200, "array_parallelism": 3,
-                      "sbatch": {"constraint": "a100"}, "setup": ["module load cuda/12.4", "source .venv/bin/activate"]},
+                      "sbatch": {"constraint": "a100"},
+                      "setup": ["module load cuda/12.4", "source .venv/bin/activate"]},
     })
 
 

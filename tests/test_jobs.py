@@ -84,7 +84,8 @@ def test_no_stories_anywhere(config_file: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_processes(stories_dir: Path, data_cache: Path, tmp_path: Path, config_file: Path) -> None:
+def test_accelerate_launch_two_processes(stories_dir: Path, data_cache: Path, tmp_path: Path,
+                                        config_file: Path) -> None:
     """Real 2-process DDP over gloo on CPU (`--cpu` would silently run one process: PLATFORM-NOTES)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     overrides = tiny_overrides(stories_dir, data_cache, tmp_path, {"train.max_steps": 10, "train.batch_size": 2})

@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from storytune.config import ModelConfig, TinyModelConfig
-from storytune.model import (ModelLoadError, build_tiny_model, load_model, load_tokenizer,
-                             resolve_base_model, shipped_gpt2_tokenizer)
+from storytune.model import (
+    ModelLoadError,
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    resolve_base_model,
+    shipped_gpt2_tokenizer,
+)
 
 
 def test_shipped_tokenizer_gives_gpt2_ids() -> None:

@@ -6,7 +6,6 @@ start it with `bash slurm/local_cluster.sh start`.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path

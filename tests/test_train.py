@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import tiny_overrides
 from storytune.config import load_run_config

@@ -102,7 +102,7 @@ def run_job(job: Job) -> dict:
 
 
 def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None,
-                     tags: Sequence[str] = ()) -> dict:
+                     tags: Sequence[str] = (), force: bool = False) -> dict:
     """Evaluate one model (a fine-tuned cell or the base) into `out_dir`, mirrored to W&B."""
     from storytune.evaluate import run_evaluate
     from storytune.generate import read_generations
@@ -110,7 +110,7 @@ def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: s
 
     label = label or model_path
     with Tracker.start(config, out_dir, "evaluate", name=f"{label}-eval", tags=list(tags)) as tracker:
-        payload = run_evaluate(config, model_path, out_dir, label)
+        payload = run_evaluate(config, model_path, out_dir, label, force=force)
         if payload and tracker:
             tracker.summary(eval_summary(payload))
             samples = read_generations(out_dir / "generations.jsonl")[:SAMPLES_TO_WANDB]

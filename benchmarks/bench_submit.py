@@ -48,8 +48,8 @@ def write_grid(folder: Path, cells: int) -> Path:
 
 
 def cancel_all() -> None:
-    subprocess.run(["scancel", "--name", "bench-finetune,bench-evaluate,bench-base,bench-aggregate,bench-single"],
-                   check=False)
+    for name in ("bench-finetune", "bench-evaluate", "bench-base", "bench-aggregate", "bench-single"):
+        subprocess.run(["scancel", "--name", name], check=False)  # scancel 22.05 takes one name at a time
 
 
 def time_cli(grid_path: Path) -> float:

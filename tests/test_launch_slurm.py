@@ -29,7 +29,8 @@ def wait_for(path: Path, timeout_s: float = TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if time.monotonic() > deadline:
-            subprocess.run(["scancel", "--name", "tiny-finetune,tiny-evaluate,tiny-base,tiny-aggregate"])
+            for name in ("tiny-finetune", "tiny-evaluate", "tiny-base", "tiny-aggregate"):
+                subprocess.run(["scancel", "--name", name], check=False)
             pytest.fail(f"{path} did not appear within {timeout_s} s")
         time.sleep(2)
 

@@ -96,3 +96,10 @@ def test_failed_cell_is_reported_and_others_kept(slurm_cluster, stories_dir: Pat
     assert sum(r["seeds_done"] for r in comparison["rows"]) == 2
     text = status(root)
     assert "failed" in text and "only" in text, text  # the failed job's log tail names the problem
+
+
+def test_partition_slurm_rejects_is_one_clear_error(slurm_cluster, tmp_path: Path) -> None:
+    result = submit(REPO / "configs" / "grids" / "tiny.yaml", f"output_dir={tmp_path}", "resources.partition=nosuch")
+    assert result.returncode == 1
+    assert "error: submission failed" in result.stderr and "partition" in result.stderr.lower(), result.stderr
+    assert "Traceback" not in result.stderr

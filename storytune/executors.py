@@ -18,7 +18,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -371,8 +371,3 @@ EXECUTORS: dict[str, type[Executor]] = {"slurm": SlurmExecutor, "local": LocalEx
 
 def default_executor_name() -> str:
     return "slurm" if shutil.which("sbatch") else "local"
-
-
-def outcome_dicts(outcome: list[Submitted]) -> list[dict[str, Any]]:
-    return [asdict(o) for o in outcome]
-

@@ -66,10 +66,9 @@ def format_plan(grid: Grid, plan: Plan, executor: str) -> str:
     lines.append(f"{'cell'.ljust(width)}  {'variant':<20} {'seed':<5} fine-tune  evaluate")
     evals = {j.run_id: j for j in plan.evaluations}
     for job in plan.finetunes:
-        cell_config = job.config
         ev = evals.get(job.run_id)
-        lines.append(f"{str(job.run_id).ljust(width)}  {cell_config.early_stopping.variant:<20} "
-                     f"{cell_config.train.seed:<5} {'done' if job.done else 'pending':<10} "
+        lines.append(f"{str(job.run_id).ljust(width)}  {job.config.early_stopping.variant:<20} "
+                     f"{job.config.train.seed:<5} {'done' if job.done else 'pending':<10} "
                      f"{'-' if ev is None else ('done' if ev.done else 'pending')}")
     if plan.base_evaluation:
         lines.append(f"{'base model'.ljust(width)}  evaluation: {'done' if plan.base_evaluation.done else 'pending'}")

@@ -1,4 +1,4 @@
-"""Benchmark: batched generation (storytune.generate) against generating one prompt at a time.
+"""Benchmark: batched generation (storytune.eval.generate) against generating one prompt at a time.
 
 Same model, prompts and decoding settings in both arms, in the same process. The model is the
 `tiny` preset's architecture (GPT-2 with the real 50,257-token vocabulary, random weights,
@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from storytune.config import GenerationConfig, TinyModelConfig  # noqa: E402
-from storytune.generate import generate_tokens, make_prompts  # noqa: E402
-from storytune.model import build_tiny_model, shipped_gpt2_tokenizer  # noqa: E402
+from storytune.eval.generate import generate_tokens, make_prompts  # noqa: E402
+from storytune.train.model import build_tiny_model, shipped_gpt2_tokenizer  # noqa: E402
 
 STORIES = Path("/work/shared/data/tinystories-valid.txt")
 

@@ -1,4 +1,4 @@
-"""Benchmark: storytune.metrics.self_bleu against the straightforward NLTK loop (Texygen's definition).
+"""Benchmark: storytune.eval.metrics.self_bleu against the straightforward NLTK loop (Texygen's definition).
 
 Texts: TinyStories from /work/shared/data (valid first, topped up from train), each cut to its first
 ``--words`` words; synthetic Zipfian texts when the files are missing (or with ``--synthetic``).
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # noqa: E402
 
-from storytune.metrics import self_bleu, self_bleu_scores  # noqa: E402
+from storytune.eval.metrics import self_bleu, self_bleu_scores  # noqa: E402
 
 DATA = Path("/work/shared/data")
 

@@ -30,9 +30,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storytune.executors import JobRunner, SlurmExecutor, import_submitit, submitit_parameters  # noqa: E402
-from storytune.grid import load_grid  # noqa: E402
-from storytune.plan import make_plan  # noqa: E402
+from storytune.cluster.executors import JobRunner, SlurmExecutor, import_submitit, submitit_parameters  # noqa: E402
+from storytune.study.grid import load_grid  # noqa: E402
+from storytune.study.plan import make_plan  # noqa: E402
 
 
 def write_grid(folder: Path, cells: int) -> Path:

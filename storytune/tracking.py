@@ -27,13 +27,13 @@ import netrc
 import os
 import re
 import socket
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from storytune.rundir import RunDir, config_hash, read_json, write_json_atomic
+from storytune.paths import RunDir, config_hash, read_json, write_json_atomic
+from storytune.process import git_commit, is_main_process
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -188,41 +188,6 @@ def _as_path(run_dir: Path | RunDir | str) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # Process and environment facts
-
-
-def is_main_process() -> bool:
-    """Global rank 0: the launcher's RANK (torchrun, accelerate, Slurm via the runner's env export),
-    else accelerate's PartialState when it already exists, else True (a single process).
-
-    Never creates PartialState: created before TrainingArguments it initialises the process group
-    too early (the DeepSpeed-on-CPU workaround must create it with backend="gloo"), and on CPU it
-    then reports rank 0 in every process. Same rule as storytune.runner.is_main_process.
-    """
-    rank = os.environ.get("RANK")
-    if rank not in (None, ""):
-        try:
-            return int(rank) == 0
-        except ValueError:
-            pass
-    try:
-        from accelerate import PartialState
-
-        if PartialState._shared_state:
-            return bool(PartialState().is_main_process)
-    except Exception as err:  # noqa: BLE001 -- no accelerate state: a single process
-        log.debug("accelerate's PartialState unavailable (%s)", err)
-    return True
-
-
-def git_commit() -> str | None:
-    """`git rev-parse HEAD` of the storytune checkout (None outside git or without commits)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
 
 
 def runtime_facts() -> dict[str, Any]:

@@ -99,7 +99,7 @@ def test_environment_points_at_local_stories(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_every_shipped_yaml_loads() -> None:
     """Run configs load as RunConfig, grids expand into valid cells."""
-    from storytune.grid import load_grid
+    from storytune.study.grid import load_grid
 
     files = sorted((REPO / "configs").rglob("*.yaml")) + sorted(REPO.glob("*.yaml"))
     assert files, "no shipped YAML found"

@@ -1,5 +1,5 @@
 """W&B tracking, offline: real tiny fine-tunes through the Trainer with the tracking callback, read
-back from the `.wandb` files with storytune.wandb_reader (no server, no network).
+back from the `.wandb` files with wandb_reader (no server, no network).
 
 Covers: what a run records (group, job type, tags, config, curves on the global-step axis, the
 early-stopping summary agreeing with result.json), a crashed-and-resumed run continuing the same W&B
@@ -22,12 +22,12 @@ pytest.importorskip("wandb")
 pytest.importorskip("transformers")
 
 from transformers import TrainerCallback
+from wandb_reader import find_offline_runs, iter_records, read_offline_run
 
 from storytune import tracking
 from storytune.config import load_run_config
-from storytune.rundir import run_dir_for
+from storytune.paths import run_dir_for
 from storytune.tracking import Tracker, finetune_summary, resolve_mode, run_id_for, trainer_callback
-from storytune.wandb_reader import find_offline_runs, iter_records, read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("STORYTUNE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -81,7 +81,7 @@ def make_config(out: Path, cache: Path, *extra: str):
 
 def run_job(config, extra_callbacks=(), lead_summary: bool = True, tokens_per_step: int | None = TOKENS_PER_STEP):
     """What the lead's run_finetune does: tracker around finetune(), result summary after it."""
-    from storytune.train import finetune, last_checkpoint
+    from storytune.train.finetune import finetune, last_checkpoint
 
     run_dir = run_dir_for(config).create()
     tags = [config.early_stopping.variant, f"seed{config.train.seed}"]
@@ -210,7 +210,7 @@ def test_reader_agrees_with_wandb_leet(full_run):
     if out.returncode != 0:
         pytest.skip(f"`wandb leet inspect` unavailable: {out.stderr.strip()[:200]}")
     leet = json.loads(out.stdout)
-    from storytune.wandb_reader import read_run_folder
+    from wandb_reader import read_run_folder
 
     mine = read_run_folder(folder)
     assert leet["run_id"] == mine.id
@@ -550,7 +550,7 @@ def test_only_tracking_imports_wandb():
     offenders = [p.name for p in (REPO / "storytune").glob("*.py")
                  if p.name != "tracking.py" and _imports_wandb(p)]
     assert offenders == []
-    code = ("import sys, storytune.tracking, storytune.wandb_reader; "
+    code = ("import sys, storytune.tracking, wandb_reader; "
             "assert 'wandb' not in sys.modules, 'wandb imported at module import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})

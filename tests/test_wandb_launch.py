@@ -1,5 +1,5 @@
 """W&B through the real launch: `launch/submit.py --executor local` on the tiny grid, in offline mode,
-read back with storytune.wandb_reader (no server). One run per job, grouped by the grid, with the
+read back with wandb_reader (no server). One run per job, grouped by the grid, with the
 right job_type, tags, summaries and tables, and the API key in no file the launch writes."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from wandb_reader import find_offline_runs, read_offline_run
 
 from conftest import REPO
-from storytune.wandb_reader import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,373 @@
+"""One interface, three backends: run a plan on Slurm (submitit), locally (subprocesses), or in-process.
+
+- `slurm`: fine-tunes as one job array, evaluations as a second array whose task i waits for
+  fine-tune task i (`aftercorr`), the base evaluation, and an aggregation job that waits for all of
+  them with `afterany` (so it still runs, and reports failures, when some fail). Submissions are
+  recorded in `<grid root>/submissions.json`; a job still queued or running is not submitted again.
+- `local`: the same plan on this machine, in dependency order, N jobs at a time, each a real
+  subprocess with its own log (submitit's LocalExecutor).
+- `debug`: in this process, one job after another (for pdb).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from storytune.paths import GridDir, write_json_atomic
+from storytune.study.grid import ResourcesConfig
+from storytune.study.plan import Job, Plan
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+
+
+def import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("submitting jobs needs submitit: pip install submitit") from None
+    return submitit
+
+
+@dataclass
+class Submitted:
+    """What happened to one job of the plan in this submission."""
+
+    name: str
+    kind: str
+    status: str
+    """`submitted`, `skipped (done)`, `skipped (queued)`, `done`, `failed`."""
+    job_id: str | None = None
+    log: str | None = None
+    error: str | None = None
+
+
+class JobRunner:
+    """The callable submitit pickles: runs one plan job on the worker.
+
+    It is Checkpointable by duck typing (submitit looks for `checkpoint`): on preemption or timeout
+    the job is requeued and resumes from the files in its run directory.
+    """
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        from storytune.cluster.worker import run_job
+
+        return run_job(job)
+
+    def checkpoint(self, job: Job) -> Any:
+        submitit = import_submitit()
+        return submitit.helpers.DelayedSubmission(JobRunner(), job)
+
+
+def submitit_parameters(resources: ResourcesConfig, name: str, dependency: str | None = None) -> dict[str, Any]:
+    """AutoExecutor parameters for one kind of job (slurm_* keys are ignored off Slurm)."""
+    extra = dict(resources.sbatch)
+    if resources.account:
+        extra["account"] = resources.account
+    if resources.qos:
+        extra["qos"] = resources.qos
+    if dependency:
+        extra["dependency"] = dependency
+        extra["kill-on-invalid-dep"] = "yes"  # a dependency that can never be met must not hang
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": resources.time_min,
+        "nodes": resources.nodes,
+        "tasks_per_node": resources.tasks_per_node,
+        "cpus_per_task": resources.cpus_per_task,
+        "slurm_array_parallelism": resources.array_parallelism,
+        "slurm_setup": list(resources.setup),
+        "slurm_additional_parameters": extra,
+    }
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    if resources.mem_gb is not None:
+        params["mem_gb"] = resources.mem_gb
+    if resources.partition:
+        params["slurm_partition"] = resources.partition
+    return params
+
+
+class Executor(ABC):
+    name: str
+
+    def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig):
+        self.plan = plan
+        self.resources = resources
+        self.eval_resources = eval_resources
+        self.folder = GridDir(plan.root.resolve()).logs
+
+    @abstractmethod
+    def submit(self) -> list[Submitted]:
+        """Start every pending job of the plan; return what happened to each."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Slurm
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig,
+                 state_of: Callable[[list[str]], dict[str, str]] | None = None):
+        super().__init__(plan, eval_resources, resources)
+        self.state_of = state_of or slurm_states
+        self.record_path = GridDir(plan.root).submissions
+
+    def _executor(self, resources: ResourcesConfig, name: str, dependency: str | None = None):
+        submitit = import_submitit()
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
+        executor.update_parameters(**submitit_parameters(resources, name, dependency))
+        return executor
+
+    def submit(self) -> list[Submitted]:
+        record = read_submissions(self.record_path)
+        in_flight = self._in_flight(record)
+        outcome: list[Submitted] = []
+        job_ids: dict[str, str] = {name: entry["job_id"] for name, entry in record.items() if name in in_flight}
+
+        name = self.plan.grid_name
+        finetunes = self._pending(self.plan.finetunes, in_flight, outcome)
+        finetune_ids = self._submit_array(finetunes, self.resources, f"{name}-finetune")
+        job_ids.update(finetune_ids)
+        evals = self._pending(self.plan.evaluations, in_flight, outcome)
+        job_ids.update(self._submit_evaluations(evals, finetunes, finetune_ids, job_ids))
+        base = self._pending([self.plan.base_evaluation] if self.plan.base_evaluation else [], in_flight, outcome)
+        job_ids.update(self._submit_array(base, self.eval_resources, f"{name}-base"))
+        # afterany: the aggregation runs even when jobs fail, and reports the failed cells.
+        waits = sorted({job_ids[n] for n in self.plan.aggregation.depends_on if n in job_ids})
+        job_ids.update(self._submit_array([self.plan.aggregation], self.eval_resources, f"{name}-aggregate",
+                                          "afterany:" + ":".join(waits) if waits else None))
+
+        submitted_now = {job: job_id for job, job_id in job_ids.items() if job not in in_flight}
+        outcome += [Submitted(job.name, job.kind, "submitted", job_id, self._log(job_id))
+                    for job in self.plan.jobs if (job_id := submitted_now.get(job.name))]
+        record.update({job: {"job_id": job_id, "submitted_at": time.time()} for job, job_id in submitted_now.items()})
+        write_json_atomic(self.record_path, record)
+        order = [job.name for job in self.plan.jobs]
+        return sorted(outcome, key=lambda s: order.index(s.name))
+
+    def _submit_evaluations(self, evals: list[Job], finetunes: list[Job], finetune_ids: dict[str, str],
+                            job_ids: dict[str, str]) -> dict[str, str]:
+        """Evaluations of this submission's fine-tunes as one array, task i after fine-tune task i
+        (`aftercorr`); others (cell fine-tuned earlier, or still queued from an earlier submission)
+        one by one, after their fine-tune if it is still queued."""
+        name = f"{self.plan.grid_name}-evaluate"
+        paired = [job for job in evals if job.depends_on[0] in finetune_ids]
+        ids: dict[str, str] = {}
+        if paired and [job.depends_on[0] for job in paired] == [job.name for job in finetunes]:
+            array_id = finetune_ids[finetunes[0].name].split("_")[0]
+            ids.update(self._submit_array(paired, self.eval_resources, name, f"aftercorr:{array_id}"))
+        for job in evals:
+            if job.name not in ids:
+                upstream = job_ids.get(job.depends_on[0])
+                ids.update(self._submit_array([job], self.eval_resources, name,
+                                              f"afterok:{upstream}" if upstream else None))
+        return ids
+
+    def _log(self, job_id: str) -> str:
+        return str(self.folder / job_id / f"{job_id}_0_log.out")
+
+    def _in_flight(self, record: dict[str, dict[str, Any]]) -> set[str]:
+        """Names of unfinished jobs that an earlier submission left queued or running."""
+        done = {job.name for job in self.plan.jobs if job.done}
+        record = {name: entry for name, entry in record.items() if name not in done}
+        if not record:
+            return set()
+        states = self.state_of([entry["job_id"] for entry in record.values()])
+        return {name for name, entry in record.items() if states.get(entry["job_id"], "") in ACTIVE_STATES}
+
+    @staticmethod
+    def _pending(jobs: list[Job], in_flight: set[str], outcome: list[Submitted]) -> list[Job]:
+        pending = []
+        for job in jobs:
+            if job.done:
+                outcome.append(Submitted(job.name, job.kind, "skipped (done)"))
+            elif job.name in in_flight:
+                outcome.append(Submitted(job.name, job.kind, "skipped (queued or running)"))
+            else:
+                pending.append(job)
+        return pending
+
+    def _submit_array(self, jobs: list[Job], resources: ResourcesConfig, name: str,
+                      dependency: str | None = None) -> dict[str, str]:
+        """One sbatch call for all `jobs` (an array when more than one); returns name -> job id."""
+        if not jobs:
+            return {}
+        executor = self._executor(resources, name, dependency)
+        handles = executor.map_array(JobRunner(), jobs)
+        return {job.name: handle.job_id for job, handle in zip(jobs, handles)}
+
+    def sbatch_preview(self) -> str:
+        """The sbatch script submitit would write for the fine-tune array (nothing is submitted,
+        and no Slurm is needed: submitit's own template is filled with the same parameters)."""
+        import shlex
+
+        import_submitit()
+        from submitit.slurm import slurm
+
+        generic = submitit_parameters(self.resources, f"{self.plan.grid_name}-finetune")
+        renames = slurm.SlurmExecutor._equivalence_dict()
+        params = {(key.removeprefix("slurm_") if key.startswith("slurm_") else renames[key]): value
+                  for key, value in generic.items()}
+        if "mem" in params:
+            params["mem"] = slurm._convert_mem(params["mem"])
+        folder = self.folder / "%j"
+        command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+        count = max(1, len(self.plan.pending("finetune")))
+        return slurm._make_sbatch_string(command=command, folder=folder, map_count=count, **params)
+
+
+def read_submissions(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Job id (`123` or `123_4`) -> Slurm state from sacct (accounting) for the given ids."""
+    import subprocess
+
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as err:
+        log.warning("sacct failed (%s); treating earlier submissions as finished", err)
+        return {}
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        states[job_id] = state.split()[0] if state else ""
+    # A pending array shows as `123_[0-4]`: expand it to every task id asked about.
+    for job_id in job_ids:
+        if job_id not in states:
+            base = job_id.split("_")[0]
+            pending = [s for j, s in states.items() if j.startswith(f"{base}_[")]
+            if pending:
+                states[job_id] = pending[0]
+    return states
+
+
+# --------------------------------------------------------------------------------------------------
+# Local and debug: dependency order on this machine
+
+
+class _SequentialExecutor(Executor):
+    """Runs jobs wave by wave: fine-tunes, evaluations, base evaluation, aggregation."""
+
+    cluster: str
+
+    def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig,
+                 parallel: int = 1, stream: TextIO | None = None):
+        super().__init__(plan, eval_resources, resources)
+        self.parallel = max(1, parallel)
+        self.stream = stream
+
+    def submit(self) -> list[Submitted]:
+        outcome: dict[str, Submitted] = {}
+        for wave in self._waves():
+            runnable = []
+            for job in wave:
+                failed_upstream = [d for d in job.depends_on if outcome.get(d) and outcome[d].status == "failed"]
+                if job.done:
+                    outcome[job.name] = Submitted(job.name, job.kind, "skipped (done)")
+                elif failed_upstream and job.kind != "aggregate":
+                    outcome[job.name] = Submitted(job.name, job.kind, "failed", error=f"{failed_upstream[0]} failed")
+                else:
+                    runnable.append(job)
+            for start in range(0, len(runnable), self.parallel):
+                for result in self._run_batch(runnable[start:start + self.parallel]):
+                    outcome[result.name] = result
+        return [outcome[job.name] for job in self.plan.jobs if job.name in outcome]
+
+    def _waves(self) -> list[list[Job]]:
+        base = [self.plan.base_evaluation] if self.plan.base_evaluation else []
+        return [self.plan.finetunes, self.plan.evaluations + base, [self.plan.aggregation]]
+
+    def _run_batch(self, jobs: list[Job]) -> list[Submitted]:
+        submitit = import_submitit()
+        handles = []
+        for job in jobs:
+            executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
+            resources = self.resources if job.kind == "finetune" else self.eval_resources
+            executor.update_parameters(**submitit_parameters(resources, f"{self.plan.grid_name}-{job.kind}"))
+            log.info("starting %s", job.name)
+            handles.append((job, executor.submit(JobRunner(), job)))
+        try:
+            return self._collect(handles)
+        except KeyboardInterrupt:  # Ctrl-C: stop the job processes too, not only this one
+            for _, handle in handles:
+                handle.cancel(check=False)
+            raise
+
+    def _collect(self, handles: list[tuple[Job, Any]]) -> list[Submitted]:
+        results = []
+        for job, handle in handles:
+            if self.stream is not None and len(handles) == 1 and self.cluster == "local":
+                follow_log(handle, self.stream)
+            try:
+                handle.result()
+                results.append(Submitted(job.name, job.kind, "done", str(handle.job_id), _log_path(handle)))
+            except Exception as err:  # a failed job is reported; the others go on
+                message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                results.append(Submitted(job.name, job.kind, "failed", str(handle.job_id), _log_path(handle), message))
+                log.error("%s failed: %s (log: %s)", job.name, message, _log_path(handle))
+        return results
+
+
+def _log_path(handle: Any) -> str | None:
+    try:
+        return str(handle.paths.stderr)
+    except Exception:
+        return None
+
+
+def follow_log(handle: Any, stream: TextIO, poll_s: float = 0.5) -> None:
+    """Copy a local job's stdout and stderr to `stream` while it runs (the demo is watched live)."""
+    positions: dict[Path, int] = {}
+    while True:
+        finished = handle.done()
+        for path in (handle.paths.stdout, handle.paths.stderr):
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(positions.get(path, 0))
+                    chunk = f.read()
+                    positions[path] = f.tell()
+                if chunk:
+                    stream.write(chunk.decode(errors="replace"))
+                    stream.flush()
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+class LocalExecutor(_SequentialExecutor):
+    name = "local"
+    cluster = "local"
+
+
+class DebugExecutor(_SequentialExecutor):
+    name = "debug"
+    cluster = "debug"
+
+
+EXECUTORS: dict[str, type[Executor]] = {"slurm": SlurmExecutor, "local": LocalExecutor, "debug": DebugExecutor}
+
+
+def default_executor_name() -> str:
+    return "slurm" if shutil.which("sbatch") else "local"

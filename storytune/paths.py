@@ -1,0 +1,178 @@
+"""The run-directory and grid-directory layout and atomic writes: the ONLY place a file or folder
+name of a run or a grid is spelled.
+
+A run directory is the source of truth for one job. A file that marks completion (`result.json`,
+`eval.json`) is written last and atomically, so a crashed job never leaves something that looks
+finished; everything else can be rebuilt by re-running the job, which resumes from `checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from storytune.config import RunConfig
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        """The weights this run keeps (last or best, by variant)."""
+        return self.path / "model"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def eval_result(self) -> Path:
+        """`eval.json`: written last by the evaluation job."""
+        return eval_file(self.eval_dir)
+
+    @property
+    def failure(self) -> Path:
+        """`failure.json`: why the last attempt of this run failed (removed when it succeeds)."""
+        return self.path / "failure.json"
+
+    def is_complete(self) -> bool:
+        return self.result.exists()
+
+    def create(self) -> RunDir:
+        """Make the directory, failing with a clear message when it cannot be written."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-", delete=True)
+            probe.close()
+        except OSError as err:
+            raise OutputError(f"output directory {self.path} is not writable: {err.strerror}") from None
+        return self
+
+
+EVAL_FILE = "eval.json"
+GENERATIONS_FILE = "generations.jsonl"
+
+
+def eval_file(eval_dir: Path) -> Path:
+    return Path(eval_dir) / EVAL_FILE
+
+
+def generations_file(eval_dir: Path) -> Path:
+    return Path(eval_dir) / GENERATIONS_FILE
+
+
+@dataclass(frozen=True)
+class GridDir:
+    """`<output_dir>/<grid name>/`: the plan, one RunDir per cell, the base model's evaluation, the report."""
+
+    path: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def submissions(self) -> Path:
+        """Slurm job ids of every submitted job (slurm executor)."""
+        return self.path / "submissions.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".submit.lock"
+
+    @property
+    def logs(self) -> Path:
+        """submitit's folder: `logs/<job id>/` per job."""
+        return self.path / "logs"
+
+    def job_logs(self, job_id: str) -> Path:
+        return self.logs / job_id
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.path / run_id)
+
+    @property
+    def base_eval_dir(self) -> Path:
+        """Evaluation of the grid's base model (shared by every cell)."""
+        return self.path / "base" / "eval"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    @property
+    def summary(self) -> Path:
+        """`report/summary.json`: what the aggregation job concluded; its completion marker."""
+        return self.report / "summary.json"
+
+    def exists(self) -> bool:
+        return self.plan.exists()
+
+
+class OutputError(RuntimeError):
+    """The output location cannot be used."""
+
+
+def config_hash(config: RunConfig) -> str:
+    """Stable short id of everything in a config except where its output goes."""
+    data = config.to_dict()
+    data.pop("output", None)
+    data.pop("wandb", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_run_name(config: RunConfig) -> str:
+    """A cell's run id: `<arm>-seed<seed>-<hash of its resolved config>`, stable across submissions."""
+    return f"{config.early_stopping.variant}-seed{config.train.seed}-{config_hash(config)}"
+
+
+def run_dir_for(config: RunConfig) -> RunDir:
+    return RunDir(Path(config.output.dir) / (config.output.name or default_run_name(config)))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to `path`, fsync, rename: readers see the old file or the whole new one."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_config(path: Path, config: RunConfig) -> None:
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

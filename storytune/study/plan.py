@@ -1,0 +1,111 @@
+"""A grid -> the jobs that answer it, with their dependencies and which are already done.
+
+finetune[i] ──▶ evaluate[i] ──┐
+base evaluation ──────────────┼──▶ aggregate (runs even when some jobs failed)
+(finetune[i] when evaluation is off) ┘
+
+The only I/O here is looking at run directories to see what is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from storytune.config import RunConfig
+from storytune.paths import GridDir, RunDir, eval_file
+from storytune.study.grid import Cell, Grid
+
+JobKind = Literal["finetune", "evaluate", "evaluate_base", "aggregate"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work; `config` plus `kind` is all a worker needs to run it."""
+
+    kind: JobKind
+    name: str
+    """Unique in the plan, e.g. `finetune/patience3-seed1-1a2b3c4d`."""
+    config: RunConfig
+    grid_root: str
+    run_id: str | None = None
+    depends_on: tuple[str, ...] = ()
+    done: bool = False
+    """Its output is already complete on disk (it will be skipped unless forced)."""
+
+    @property
+    def run_dir(self) -> RunDir:
+        """The cell's run directory (fine-tune and evaluate jobs only)."""
+        assert self.run_id is not None, f"{self.name} has no run directory"
+        return GridDir(Path(self.grid_root)).run(self.run_id)
+
+    @property
+    def output(self) -> Path:
+        """The file whose existence means this job is complete."""
+        return output_file(self.kind, Path(self.grid_root), self.run_id)
+
+
+def output_file(kind: JobKind, grid_root: Path, run_id: str | None) -> Path:
+    grid = GridDir(grid_root)
+    if kind == "finetune":
+        return grid.run(str(run_id)).result
+    if kind == "evaluate":
+        return grid.run(str(run_id)).eval_result
+    if kind == "evaluate_base":
+        return eval_file(grid.base_eval_dir)
+    return grid.summary
+
+
+@dataclass(frozen=True)
+class Plan:
+    grid_name: str
+    root: Path
+    finetunes: list[Job]
+    evaluations: list[Job]
+    base_evaluation: Job | None
+    aggregation: Job
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    """Manifest of the grid's cells (run id, variant, seed, assignment) for status and aggregation."""
+
+    @property
+    def jobs(self) -> list[Job]:
+        base = [self.base_evaluation] if self.base_evaluation else []
+        return [*self.finetunes, *self.evaluations, *base, self.aggregation]
+
+    def pending(self, kind: JobKind) -> list[Job]:
+        return [job for job in self.jobs if job.kind == kind and not job.done]
+
+    def manifest(self) -> dict[str, Any]:
+        return {"grid": self.grid_name, "root": str(self.root), "cells": self.cells,
+                "jobs": [{"name": j.name, "kind": j.kind, "run_id": j.run_id, "depends_on": list(j.depends_on),
+                          "output": str(j.output)} for j in self.jobs]}
+
+
+def make_plan(grid: Grid, force: bool = False) -> Plan:
+    """Every job of the grid; `done` marks those whose output exists (all pending when `force`)."""
+    root = grid.root
+
+    def is_done(kind: JobKind, run_id: str | None) -> bool:
+        return not force and output_file(kind, root, run_id).exists()
+
+    finetunes = [Job("finetune", f"finetune/{c.run_id}", c.config, str(root), c.run_id,
+                     done=is_done("finetune", c.run_id)) for c in grid.cells]
+    evaluations: list[Job] = []
+    base: Job | None = None
+    if grid.spec.evaluate:
+        evaluations = [Job("evaluate", f"evaluate/{f.run_id}", f.config, str(root), f.run_id,
+                           depends_on=(f.name,), done=is_done("evaluate", f.run_id)) for f in finetunes]
+        base = Job("evaluate_base", "evaluate/base", grid.base_config, str(root),
+                   done=is_done("evaluate_base", None))
+    upstream = [*(evaluations or finetunes), *([base] if base else [])]
+    aggregation = Job("aggregate", "aggregate", grid.base_config, str(root),
+                      depends_on=tuple(j.name for j in upstream))
+    return Plan(grid_name=grid.spec.name, root=root, finetunes=finetunes, evaluations=evaluations,
+                base_evaluation=base, aggregation=aggregation, cells=[cell_entry(c) for c in grid.cells])
+
+
+def cell_entry(cell: Cell) -> dict[str, Any]:
+    return {"run_id": cell.run_id, "variant": cell.config.early_stopping.variant,
+            "seed": cell.config.train.seed, "assignment": cell.assignment,
+            "early_stopping": asdict(cell.config.early_stopping)}

@@ -1,0 +1,271 @@
+"""Stories -> clean -> split -> tokenize -> packed blocks, cached by a fingerprint of the config.
+
+Sources: a hub dataset with a text column (streamed, so a slice does not download the whole
+dataset), or local `.txt` files with `<|endoftext|>` separators / `.jsonl` files with a text field.
+The split is by story and seeded, so every run of a grid sees the same train/validation/test stories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from storytune.config import DataConfig
+from storytune.train.hub import hub_reachable
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+STORY_SEPARATOR = "<|endoftext|>"
+STORY_SUFFIXES = (".txt", ".jsonl")
+CACHE_FORMAT = 1  # bump when the processing below changes, to invalidate old caches
+HOW_TO_PROVIDE = ("set STORYTUNE_DATA_DIR=/path/to/stories (a folder of .txt files with "
+                  "<|endoftext|> separators or .jsonl files with a 'text' field) or data.files=[...]")
+
+
+class DataError(RuntimeError):
+    """Stories could not be loaded or are too few; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StorySplits:
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Counts written beside the cached data and into result.json."""
+
+    stories: dict[str, int]
+    tokens: dict[str, int]
+    blocks: dict[str, int]
+    tokens_dropped: dict[str, int]
+    block_size: int
+    fingerprint: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def story_files(paths: Iterable[str]) -> list[Path]:
+    """Expand folders into their story files; every path must exist and yield at least one file."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in STORY_SUFFIXES and p.is_file())
+            if not found:
+                raise DataError(f"no .txt or .jsonl story files in folder {path}")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix not in STORY_SUFFIXES:
+                raise DataError(f"unsupported story file {path}: use .txt (<|endoftext|> separators) or .jsonl")
+            files.append(path)
+        else:
+            raise DataError(f"story file not found: {path}")
+    return files
+
+
+def load_local_stories(files: list[Path], text_column: str) -> list[str]:
+    """Stories from `.txt` (one document per file, split on separators) and `.jsonl` files."""
+    from datasets import load_dataset
+
+    stories: list[str] = []
+    txt = [str(f) for f in files if f.suffix == ".txt"]
+    jsonl = [str(f) for f in files if f.suffix == ".jsonl"]
+    for f in files:
+        if f.stat().st_size == 0:
+            raise DataError(f"story file is empty: {f}")
+    if txt:
+        documents = load_dataset("text", data_files=txt, sample_by="document", split="train")
+        for document in documents["text"]:
+            stories.extend(document.split(STORY_SEPARATOR))
+    if jsonl:
+        records = load_dataset("json", data_files=jsonl, split="train")
+        if text_column not in records.column_names:
+            raise DataError(f"{', '.join(jsonl)}: no {text_column!r} field (fields: "
+                            f"{', '.join(records.column_names)}); set data.text_column")
+        stories.extend(records[text_column])
+    return stories
+
+
+def load_hub_stories(config: DataConfig) -> list[str]:
+    """Stories from a hub dataset, streamed so `max_stories` does not download everything."""
+    from datasets import load_dataset
+
+    if not hub_reachable():
+        raise DataError(f"cannot read {config.dataset!r}: the Hugging Face Hub is unreachable; {HOW_TO_PROVIDE}")
+    stream = load_dataset(config.dataset, split=config.dataset_split, streaming=True)
+    # Take a little more than needed: cleaning drops empties and duplicates.
+    limit = None if config.max_stories is None else int(config.max_stories * 1.1) + 10
+    stories = []
+    for i, record in enumerate(stream):
+        if limit is not None and i >= limit:
+            break
+        if config.text_column not in record:
+            raise DataError(f"{config.dataset}: no column {config.text_column!r} "
+                            f"(columns: {', '.join(record)}); set data.text_column")
+        stories.append(record[config.text_column])
+    return stories
+
+
+def clean_stories(stories: Iterable[str | None]) -> list[str]:
+    """Strip whitespace, drop empty stories and exact duplicates (first occurrence kept)."""
+    seen: set[str] = set()
+    cleaned = []
+    for story in stories:
+        text = (story or "").strip()
+        if text and text not in seen:
+            seen.add(text)
+            cleaned.append(text)
+    return cleaned
+
+
+def split_stories(stories: list[str], config: DataConfig) -> StorySplits:
+    """Seeded shuffle, then test, validation and train slices, by story."""
+    held_out = config.validation_stories + config.test_stories
+    if len(stories) <= held_out:
+        raise DataError(f"only {len(stories)} stories after cleaning; need more than "
+                        f"data.validation_stories + data.test_stories = {held_out}")
+    order = list(stories)
+    random.Random(config.split_seed).shuffle(order)
+    test = order[: config.test_stories]
+    validation = order[config.test_stories : held_out]
+    train = order[held_out:]
+    if config.max_stories is not None:
+        train = train[: config.max_stories - held_out]
+    return StorySplits(train=train, validation=validation, test=test)
+
+
+def load_story_splits(config: DataConfig) -> StorySplits:
+    files = story_files(config.files) if config.files else None
+    raw = load_local_stories(files, config.text_column) if files else load_hub_stories(config)
+    stories = clean_stories(raw)
+    if not stories:
+        raise DataError(f"no stories found in {', '.join(map(str, files or [config.dataset]))}")
+    return split_stories(stories, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizing and packing
+
+
+def tokenize_stories(stories: list[str], tokenizer: PreTrainedTokenizerBase, num_proc: int) -> Dataset:
+    """One row of token ids per story, EOS appended (it separates stories once packed)."""
+    from datasets import Dataset
+
+    eos = tokenizer.eos_token_id
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + [eos] for row in ids]}
+
+    dataset = Dataset.from_dict({"text": stories})
+    return dataset.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing stories",
+                       num_proc=num_proc if num_proc > 1 and len(stories) >= 2 * num_proc else None)
+
+
+def pack_blocks(token_rows: Iterable[list[int]], block_size: int) -> tuple[np.ndarray, int]:
+    """Concatenate rows into one stream and cut it into full blocks.
+
+    Returns (blocks of shape [n, block_size], tokens dropped from the final partial block).
+    Packing the whole stream at once (not per map batch) loses at most block_size - 1 tokens.
+    """
+    stream = np.fromiter((t for row in token_rows for t in row), dtype=np.int32)
+    n_blocks = len(stream) // block_size
+    return stream[: n_blocks * block_size].reshape(n_blocks, block_size), len(stream) - n_blocks * block_size
+
+
+# --------------------------------------------------------------------------------------------------
+# The cached result
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("STORYTUNE_CACHE", Path.home() / ".cache" / "storytune"))
+
+
+def fingerprint(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of everything that changes the processed data (not num_proc or cache_dir)."""
+    relevant = {k: v for k, v in asdict(config).items() if k not in ("num_proc", "cache_dir")}
+    files = []
+    for path in story_files(config.files) if config.files else []:
+        stat = path.stat()
+        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    spec = {"format": CACHE_FORMAT, "config": relevant, "files": files,
+            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token_id]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[DatasetDict, DataSummary]:
+    """Processed splits (`train`/`validation` blocks, `test` stories), from cache when possible."""
+    from datasets import load_from_disk
+
+    key = fingerprint(config, tokenizer)
+    target = Path(config.cache_dir or default_cache_dir()) / f"data-{key}"
+    if (target / "summary.json").exists():
+        log.info("Using cached data %s", target)
+        return load_from_disk(str(target / "splits")), DataSummary(**json.loads((target / "summary.json").read_text()))
+    splits, summary = build_data(config, tokenizer, key)
+    _save_atomically(splits, summary, target)
+    return splits, summary
+
+
+def build_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase, key: str) -> tuple[DatasetDict, DataSummary]:
+    from datasets import Dataset, DatasetDict
+
+    stories = load_story_splits(config)
+    packed: dict[str, Dataset] = {}
+    tokens: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for name in ("train", "validation"):
+        rows = tokenize_stories(getattr(stories, name), tokenizer, config.num_proc)["input_ids"]
+        blocks, dropped[name] = pack_blocks(rows, config.block_size)
+        tokens[name] = int(blocks.size + dropped[name])
+        if len(blocks) == 0:
+            raise DataError(f"the {name} split has {tokens[name]} tokens, fewer than one block of "
+                            f"data.block_size={config.block_size}; add stories or lower data.block_size")
+        packed[name] = Dataset.from_dict({"input_ids": blocks})
+    packed["test"] = Dataset.from_dict({"text": stories.test})
+    summary = DataSummary(
+        stories={"train": len(stories.train), "validation": len(stories.validation), "test": len(stories.test)},
+        tokens=tokens, blocks={name: len(packed[name]) for name in ("train", "validation")},
+        tokens_dropped=dropped, block_size=config.block_size, fingerprint=key)
+    return DatasetDict(packed), summary
+
+
+def _save_atomically(splits: DatasetDict, summary: DataSummary, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    splits.save_to_disk(str(tmp / "splits"))
+    (tmp / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process cached the same data first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lm_collator(features: list[dict[str, list[int]]]) -> dict[str, object]:
+    """Stack packed blocks; labels are the inputs (the model shifts them).
+
+    Not DataCollatorForLanguageModeling: GPT-2's pad token is EOS, and that collator would mask
+    every EOS (the story boundaries) out of the loss.
+    """
+    import torch
+
+    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}

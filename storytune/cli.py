@@ -226,3 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def script(command: str) -> int:
     """What `launch/<command>.py` and `jobs/<command>.py` run."""
     return main([command, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

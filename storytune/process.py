@@ -45,3 +45,18 @@ def git_commit() -> str | None:
         return None
     commit = out.stdout.strip()
     return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of what shapes a result (provenance in eval.json and the report)."""
+    import platform
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("storytune", "torch", "transformers", "accelerate", "datasets", "numpy", "scipy",
+                    "sentence-transformers", "submitit", "wandb"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

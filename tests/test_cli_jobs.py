@@ -42,7 +42,7 @@ def test_finetune_cli_writes_result(stories_dir: Path, data_cache: Path, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ran all 10 steps" in result.stdout
     (saved,) = tmp_path.glob("*/result.json")
-    assert json.loads(saved.read_text())["steps_run"] == 10
+    assert json.loads(saved.read_text())["stop_step"] == 10
 
 
 def test_malformed_yaml(tmp_path: Path) -> None:

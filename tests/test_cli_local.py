@@ -24,9 +24,10 @@ def test_debug_executor_runs_plan_in_process_and_skips_done_cells(stories_dir: P
     first = submit(*args, env_extra=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "grid 'tiny': 2 cells, executor debug" in first.stdout
-    assert "storytune grid `tiny`: early stopping vs base model" in first.stdout  # the aggregation's table
-    comparison = json.loads((tmp_path / "tiny" / "report" / "comparison.json").read_text())
-    assert comparison["failed"] == [] and len(comparison["rows"]) == 2
+    assert "storytune grid `tiny`: 2 of 2 cells finished" in first.stdout  # the aggregation's findings
+    assert f"report: {tmp_path / 'tiny' / 'report' / 'report.html'}" in first.stdout
+    summary = json.loads((tmp_path / "tiny" / "report" / "summary.json").read_text())
+    assert summary["cells"]["failed"] == [] and len(summary["arms"]) == 2
 
     again = submit(*args, env_extra=env)
     assert again.returncode == 0

@@ -46,9 +46,15 @@ def test_every_problem_is_listed_once_with_its_path(tmp_path: Path) -> None:
     assert str(path) in text
 
 
-def test_save_steps_must_be_multiple_of_eval_steps() -> None:
-    with pytest.raises(ConfigError, match="save_steps: must be a multiple of eval_steps=20"):
-        TrainConfig(eval_steps=20, save_steps=30)
+def test_save_steps_must_equal_eval_steps() -> None:
+    with pytest.raises(ConfigError, match="save_steps: must equal eval_steps=20"):
+        TrainConfig(eval_steps=20, save_steps=40)
+    assert TrainConfig(eval_steps=20, save_steps=20).save_steps == 20
+
+
+def test_max_steps_must_be_a_multiple_of_eval_steps() -> None:
+    with pytest.raises(ConfigError, match="max_steps: must be a multiple of eval_steps=20"):
+        TrainConfig(max_steps=50, eval_steps=20)
 
 
 def test_threshold_without_patience_is_rejected() -> None:

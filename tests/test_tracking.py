@@ -21,6 +21,8 @@ import pytest
 pytest.importorskip("wandb")
 pytest.importorskip("transformers")
 
+import PIL.Image
+import wandb
 from transformers import TrainerCallback
 from wandb_reader import find_offline_runs, iter_records, read_offline_run
 
@@ -28,6 +30,8 @@ from storytune import tracking
 from storytune.config import load_run_config
 from storytune.paths import run_dir_for
 from storytune.tracking import Tracker, finetune_summary, resolve_mode, run_id_for, trainer_callback
+
+VALIDATION_CURVE = "eval/validation_loss"  # the Trainer's `eval_validation_loss`: the stopping criterion
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("STORYTUNE_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -42,9 +46,15 @@ TOKENS_PER_STEP = BATCH * BLOCK  # one process, no accumulation
 
 
 @pytest.fixture(autouse=True)
-def offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Offline W&B, no real key, wandb's own state (cache, staging, settings) inside the test's tmp."""
+def offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Offline W&B, no real key, wandb's own state (cache, staging, settings) inside the test's tmp.
+
+    wandb reads its environment once per process (its settings singleton, also made by the
+    credentials lookup): each test ends with `wandb.teardown()`, so the next one's environment counts.
+    """
     _offline_env(monkeypatch, tmp_path / "wandb-home")
+    yield
+    wandb.teardown()
 
 
 def _offline_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
@@ -79,8 +89,8 @@ def make_config(out: Path, cache: Path, *extra: str):
     ])
 
 
-def run_job(config, extra_callbacks=(), lead_summary: bool = True, tokens_per_step: int | None = TOKENS_PER_STEP):
-    """What the lead's run_finetune does: tracker around finetune(), result summary after it."""
+def run_job(config, extra_callbacks=(), lead_summary: bool = True):
+    """What `storytune.cluster.worker.run_finetune` does: tracker around finetune(), result summary after it."""
     from storytune.train.finetune import finetune, last_checkpoint
 
     run_dir = run_dir_for(config).create()
@@ -88,26 +98,24 @@ def run_job(config, extra_callbacks=(), lead_summary: bool = True, tokens_per_st
     restart = last_checkpoint(run_dir.checkpoints) is None
     with Tracker.start(config, run_dir.path, "finetune", name=run_dir.path.name, tags=tags,
                        restart=restart) as tracker:
-        callbacks = [trainer_callback(tracker, tokens_per_step), *extra_callbacks]
-        result = finetune(config, run_dir, extra_callbacks=callbacks).to_dict()
+        callbacks = [trainer_callback(tracker), *extra_callbacks]
+        result = finetune(config, run_dir, extra_callbacks=callbacks)[0].to_dict()
         if lead_summary:
             tracker.summary(finetune_summary(result))
     return run_dir, tracker, result
 
 
 def assert_summary_matches(summary: dict, result: dict) -> None:
-    assert summary["stopped_at_step"] == result["stop_step"]
-    assert summary["best_step"] == result["best_step"]
-    assert summary["best_eval_loss"] == pytest.approx(result["best_eval_loss"], rel=1e-9)
-    assert summary["final_eval_loss"] == pytest.approx(result["final_eval_loss"], rel=1e-9)
-    assert summary["patience_counter_at_stop"] == result["patience_counter_at_stop"]
-    assert summary["stopped_early"] == result["stopped_early"]
-    assert summary["train_tokens_seen"] == result["train_tokens_seen"]
-    assert summary["total_flos"] == pytest.approx(result["total_flos"])
+    """The W&B summary holds result.json's early-stopping fields under result.json's names."""
+    picked = finetune_summary(result)
+    assert {"stop_step", "stopped_early", "best_step", "best_eval_loss", "kept_step", "kept_eval_loss",
+            "patience_counter_at_stop", "train_tokens", "total_flos"} <= picked.keys()
+    for key, value in picked.items():
+        assert summary[key] == (value if isinstance(value, bool) else pytest.approx(value, rel=1e-9)), key
 
 
 def eval_points(run) -> list[tuple[int, float]]:
-    return [(int(step), loss) for step, loss in run.metric("eval/loss")]
+    return [(int(step), loss) for step, loss in run.metric(VALIDATION_CURVE)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,13 +131,14 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
         config = make_config(out / "runs", cache_dir, "wandb.log_model=true")
         run_dir, tracker, result = run_job(config)
         # Post-training extras the lead may log, in a second (resumed) W&B run part like an
-        # evaluation would: table, bar chart, artifact.
+        # evaluation would: table, image, artifact.
         tags = [config.early_stopping.variant, f"seed{config.train.seed}"]  # a resume re-sends its tags
         with Tracker.start(config, run_dir.path, "finetune", name=run_dir.path.name, tags=tags) as again:
             rows = [[p["step"], p["eval_loss"]] for p in result["eval_history"]]
             again.table("eval/points", ["step", "eval_loss"], rows)
-            again.bar_chart("eval/loss_by_step", ["step", "eval_loss"], [[str(s), v] for s, v in rows],
-                            x="step", y="eval_loss", title="eval loss")
+            plot = out / "loss.png"
+            PIL.Image.new("RGB", (8, 6), "white").save(plot)
+            again.images({"eval/loss_plot": plot})
             again.log_artifact_dir(run_dir.model, name=f"model-{run_dir.path.name}", type="model")
         yield config, run_dir, tracker, again, result, out
 
@@ -146,10 +155,12 @@ def test_run_records_group_job_type_tags_config(full_run):
     assert run.config["run_id"] == name and run.config["wandb_id"] == run.id
     assert run.config["hostname"] and "slurm_job_id" in run.config and "git_commit" in run.config
     assert run.exit_codes == [0, 0]
-    record = json.loads((run_dir.path / "wandb.json").read_text())
+    records = json.loads((run_dir.path / "wandb.json").read_text())
+    assert set(records) == {"finetune"}  # one record per job type, nothing else
+    record = records["finetune"]
     assert {k: record[k] for k in ("id", "project", "entity", "group", "mode")} == {
         "id": run.id, "project": "storytune", "entity": None, "group": GROUP, "mode": "offline"}
-    assert record["last_step"] == MAX_STEPS + 2  # + the table and the bar chart rows
+    assert record["last_step"] == MAX_STEPS + 2  # + the table and the image rows
     assert record["global_step"] == MAX_STEPS
     assert FAKE_KEY not in json.dumps(run.config)
 
@@ -164,13 +175,16 @@ def test_curves_share_step_and_token_axes(full_run):
     trained = [row for row in run.history if "train/loss" in row]
     assert [row["_step"] for row in trained] == [10, 20, 30]
     for row in run.history:
-        if "train/loss" in row or "eval/loss" in row:
+        if "train/loss" in row or VALIDATION_CURVE in row:
             assert row["_step"] == row["train/global_step"]
             assert row["train/tokens"] == row["train/global_step"] * TOKENS_PER_STEP
-    extras = [row for row in run.history if row["_step"] > MAX_STEPS]  # table + chart, 2nd part
+    extras = [row for row in run.history if row["_step"] > MAX_STEPS]  # table + image, 2nd part
     assert [row["_step"] for row in extras] == [MAX_STEPS + 1, MAX_STEPS + 2]
     assert extras[0]["train/global_step"] == MAX_STEPS  # synced, not W&B's 0 of a new part
     assert result["tokens_per_step"] == TOKENS_PER_STEP
+    train_points = run.metric("eval/train_loss")  # the fixed train subset, evaluated with validation
+    assert [int(s) for s, _ in train_points] == [p["step"] for p in result["eval_history"]]
+    assert [v for _, v in train_points] == pytest.approx([p["train_loss"] for p in result["eval_history"]])
     assert run.steps == sorted(set(run.steps)), "no step logged twice"
     defined = {r.metric.glob_name or r.metric.name: r.metric.step_metric
                for r in iter_records(next((run_dir.path / "wandb").glob("offline-run-*/run-*.wandb")))
@@ -186,14 +200,16 @@ def test_summary_agrees_with_result(full_run):
     assert run.summary["tokens_per_s"] == pytest.approx(result["tokens_per_s"])
 
 
-def test_tables_charts_and_artifact(full_run):
+def test_tables_images_and_artifact(full_run):
     _, run_dir, _, again, result, _ = full_run
     assert again.id == read_offline_run(run_dir.path).id  # same W&B run continued
     run = read_offline_run(run_dir.path)
     columns, rows = run.table("eval/points")
     assert columns == ["step", "eval_loss"]
     assert [r[0] for r in rows] == [p["step"] for p in result["eval_history"]]
-    assert any(k.startswith("eval/loss_by_step") for k in run.summary), sorted(run.summary)
+    image = run.summary["eval/loss_plot"]
+    assert image["_type"] == "image-file" and (image["width"], image["height"]) == (8, 6)
+    assert (run.run_dirs[-1] / "files" / image["path"]).is_file()
     part = run.run_dirs[-1] / f"run-{run.id}.wandb"
     kinds = {r.WhichOneof("record_type") for r in iter_records(part)}
     assert "artifact" in kinds
@@ -216,7 +232,7 @@ def test_reader_agrees_with_wandb_leet(full_run):
     assert leet["run_id"] == mine.id
     assert leet["config"] == json.loads(json.dumps(mine.config))
     assert leet["exit_code"] == mine.exit_code
-    for key in ("stopped_at_step", "best_step", "best_eval_loss", "train/global_step", "eval/loss"):
+    for key in ("stop_step", "best_step", "best_eval_loss", "train/global_step", VALIDATION_CURVE):
         assert leet["summary"][key] == pytest.approx(mine.summary[key])
 
 
@@ -249,12 +265,11 @@ def test_resumed_run_continues_same_wandb_run(tmp_path: Path, cache_dir: Path):
     with pytest.raises(RuntimeError, match="simulated preemption"):
         run_job(config, extra_callbacks=[CrashAfterSave(20)], lead_summary=False)
     run_dir = run_dir_for(config)
-    first = json.loads((run_dir.path / "wandb.json").read_text())
+    first = json.loads((run_dir.path / "wandb.json").read_text())["finetune"]
     assert first["last_step"] == 20
     assert (run_dir.checkpoints / "checkpoint-20").is_dir()
 
-    # The requeued job (tokens per step computed by the callback from the Trainer's arguments).
-    _, tracker, result = run_job(config, tokens_per_step=None)
+    _, tracker, result = run_job(config)  # the requeued job
     assert result["resumed_from_step"] == 20
     assert tracker.id == first["id"] == run_id_for(run_dir.path.name, "finetune", GROUP)
 
@@ -267,7 +282,7 @@ def test_resumed_run_continues_same_wandb_run(tmp_path: Path, cache_dir: Path):
     assert [s for s, _ in eval_points(run)] == [10, 20, 30]
     second_part = read_offline_run(folders[1])
     assert [row["_step"] for row in second_part.history] == [30]
-    for row in run.history:  # tokens computed by the callback from the Trainer's arguments
+    for row in run.history:  # tokens per step from the Trainer's arguments, as in result.json
         if "train/tokens" in row:
             assert row["train/tokens"] == row["train/global_step"] * result["tokens_per_step"]
     assert_summary_matches(run.summary, result)
@@ -384,47 +399,60 @@ class RecordingRun:
         pass
 
 
-def test_callback_routing_and_resume_floor():
+def test_callback_routing_and_resume_floor(tmp_path: Path):
     from types import SimpleNamespace
 
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
     run = RecordingRun()
-    tracker = Tracker(run, record={"id": "x", "mode": "offline", "global_step": 20}, resume_floor=20)
+    config = make_config(tmp_path / "runs", tmp_path / "cache")  # data.block_size = BLOCK
+    tracker = Tracker(run, config=config, record={"id": "x", "mode": "offline", "global_step": 20}, resume_floor=20)
     stopper = EarlyStoppingCallback(early_stopping_patience=3)
-    ours = trainer_callback(tracker, tokens_per_step=100)
+    ours = trainer_callback(tracker)
     handler = CallbackHandler([stopper, ours], None, None, None, None)
-    args = SimpleNamespace(load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                           eval_strategy="steps", greater_is_better=False, max_steps=50)
-    state, control = TrainerState(global_step=20, max_steps=50), TrainerControl()
+    args = SimpleNamespace(load_best_model_at_end=True, metric_for_best_model="validation_loss",
+                           eval_strategy="steps", greater_is_better=False, max_steps=50,
+                           per_device_train_batch_size=2, gradient_accumulation_steps=3, world_size=1)
+    per_step = 2 * 3 * 1 * BLOCK
+    state, control = TrainerState(global_step=0, max_steps=50), TrainerControl()
 
-    handler.on_log(args, state, control, logs={"eval_loss": 9.0})  # an evaluation before training
+    handler.on_log(args, state, control, logs={"kept_loss": 9.0, "kept_runtime": 1.0})  # the base model, step 0
+    state.global_step = 20  # resumed from checkpoint-20
     handler.on_train_begin(args, state, control)
     for step, loss in ((20, 5.0), (30, 4.0), (30, 4.0), (40, 4.5)):  # 20: logged before the crash
         state.global_step = step
         handler.on_log(args, state, control, logs={"loss": loss + 1, "learning_rate": 1e-4, "epoch": 0.1})
-        handler.on_log(args, state, control, logs={"eval_loss": loss, "eval_runtime": 1.0, "epoch": 0.1})
-        handler.on_evaluate(args, state, control, metrics={"eval_loss": loss})
+        # One evaluation, two evaluation sets: the Trainer logs each set's metrics separately.
+        handler.on_log(args, state, control, logs={"eval_validation_loss": loss, "eval_validation_runtime": 1.0,
+                                                   "epoch": 0.1})
+        handler.on_log(args, state, control, logs={"eval_train_loss": loss - 1, "epoch": 0.1})
+        handler.on_evaluate(args, state, control, metrics={"eval_validation_loss": loss, "eval_train_loss": loss - 1})
         state.best_metric = min(state.best_metric or loss, loss)
         state.best_global_step = 30
     handler.on_log(args, state, control, logs={"train_runtime": 3.0, "train_loss": 4.2,
                                                "total_flos": 7.0, "epoch": 0.1})
     handler.on_train_end(args, state, control)
-    handler.on_log(args, state, control, logs={"eval_loss": 4.0})  # the final evaluation
+    handler.on_log(args, state, control, logs={"kept_loss": 4.0})  # the kept weights: result.json's business
 
-    assert [step for step, row in run.rows if "eval/loss" in row] == [30, 40]  # each eval once
+    assert [step for step, row in run.rows if VALIDATION_CURVE in row] == [30, 40]  # each evaluation once
+    assert [step for step, row in run.rows if "eval/train_loss" in row] == [30, 40]
     assert [step for step, row in run.rows if "train/loss" in row] == [30, 30, 40]  # W&B merges a step
     assert run.rows[0][1] == {"train/loss": 5.0, "train/learning_rate": 1e-4, "train/epoch": 0.1,
-                              "train/global_step": 30, "train/tokens": 3000}
-    assert run.rows[1][1] == {"eval/loss": 4.0, "eval/runtime": 1.0, "train/global_step": 30,
-                              "train/tokens": 3000}
+                              "train/global_step": 30, "train/tokens": 30 * per_step}
+    assert run.rows[1][1] == {VALIDATION_CURVE: 4.0, "eval/validation_runtime": 1.0, "train/global_step": 30,
+                              "train/tokens": 30 * per_step}
     assert run.metrics["eval/*"] == run.metrics["train/*"] == "train/global_step"
-    assert run.summary == {
-        "base_eval_loss": 9.0, "train/runtime_s": 3.0, "train/mean_loss": 4.2,
-        "total_flos": 7.0, "final_eval_loss": 4.0}
+    assert run.summary == {"base_eval_loss": 9.0, "train/runtime_s": 3.0, "train/mean_loss": 4.2, "total_flos": 7.0}
     assert stopper.early_stopping_patience_counter == 2  # 30 improved; the repeat and 40 did not
     assert tracker.last_step == 40 and tracker.global_step == 40
+
+
+def test_finetune_summary_picks_result_fields():
+    result = {"stop_step": 30, "stopped_early": False, "best_step": 20, "best_eval_loss": 3.5, "kept_step": 30,
+              "kept_eval_loss": 3.6, "base_eval_loss": None, "variant": "none", "eval_history": [{"step": 10}]}
+    assert finetune_summary(result) == {"stop_step": 30, "stopped_early": False, "best_step": 20,
+                                        "best_eval_loss": 3.5, "kept_step": 30, "kept_eval_loss": 3.6}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,6 +489,14 @@ def test_resolve_mode(monkeypatch, tmp_path: Path, caplog):
     assert resolve_mode(_wandb_cfg("auto")) == "offline"
     netrc_file.write_text("this is not ( a netrc")
     assert resolve_mode(_wandb_cfg("auto")) == "offline"  # never fails
+    token = tmp_path / "jwt"
+    token.write_text("header.payload.signature")
+    monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(token))  # federated identity: credentials, no key
+    assert resolve_mode(_wandb_cfg("auto")) == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "not a key")  # wandb refuses the pair (and the key's format)
+    with caplog.at_level(logging.WARNING, logger="storytune.tracking"):
+        assert resolve_mode(_wandb_cfg("auto")) == "offline"
+    assert "not a key" not in caplog.text
 
 
 def test_run_id_is_deterministic_and_valid():
@@ -485,7 +521,7 @@ def test_restart_starts_a_new_wandb_run(tmp_path: Path):
     with Tracker.start(config, job, "evaluate", name="cell", tags=[], restart=True) as fresh:
         assert fresh.id != first.id and fresh.resume_floor == -1  # nothing logged in the new run
         assert fresh.log({"x": 4}, step=1) is True
-    record = json.loads((job / "wandb.json").read_text())
+    record = json.loads((job / "wandb.json").read_text())["evaluate"]
     assert record["id"] == fresh.id and record["attempt"] == 1
     assert read_offline_run(job).steps == [1]  # wandb.json picks the current run among several
     other = tmp_path / "other"
@@ -504,12 +540,14 @@ def test_jobs_sharing_a_folder_keep_their_own_runs(tmp_path: Path):
         evaluate.summary({"score": 2.0})
     with Tracker.start(config, job, "finetune", name="cell", tags=[]) as resumed:
         assert resumed.id == train.id and resumed.resume_floor == 10  # not lost to the evaluate job
-    record = json.loads((job / "wandb.json").read_text())
-    assert record["id"] == train.id and set(record["jobs"]) == {"finetune", "evaluate"}
-    assert record["jobs"]["evaluate"]["id"] == evaluate.id != train.id
+    records = json.loads((job / "wandb.json").read_text())
+    assert set(records) == {"finetune", "evaluate"}
+    assert records["finetune"]["id"] == train.id and records["evaluate"]["id"] == evaluate.id != train.id
+    assert records["finetune"]["last_step"] == 10 and records["evaluate"]["last_step"] is None
     assert read_offline_run(job, job_type="evaluate").summary["score"] == 2.0
     assert read_offline_run(job, job_type="finetune").steps == [10]
-    assert read_offline_run(job).id == train.id  # default: the latest job's run
+    with pytest.raises(ValueError, match="several W&B runs"):
+        read_offline_run(job)  # two job types: the reader must be told which
 
 
 def test_reader_across_blocks_and_torn_tail(tmp_path: Path):
@@ -536,24 +574,29 @@ def test_reader_across_blocks_and_torn_tail(tmp_path: Path):
     assert [row["value"] for row in partial.history] == list(range(len(partial.history)))
 
 
-def test_scrub_redacts_secret_env_values(monkeypatch):
+def test_scrub_redacts_secret_env_values_and_the_netrc_key(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789abcdef")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    data = tracking.scrub({"a": "x tok-0123456789abcdef y", "b": ["tok-0123456789abcdef"], "c": 3})
-    assert data == {"a": "x <redacted> y", "b": ["<redacted>"], "c": 3}
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))  # the key is in no environment variable
+    data = tracking.scrub({"a": "x tok-0123456789abcdef y", "b": ["tok-0123456789abcdef"], "c": 3,
+                           "d": f"key={FAKE_KEY}"})
+    assert data == {"a": "x <redacted> y", "b": ["<redacted>"], "c": 3, "d": "key=<redacted>"}
     facts = tracking.runtime_facts()
     assert facts["slurm_job_id"] == "4242"
     assert not any(tracking.SECRET_NAME.search(k) for k in facts)
 
 
 def test_only_tracking_imports_wandb():
-    offenders = [p.name for p in (REPO / "storytune").glob("*.py")
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "storytune").rglob("*.py")
                  if p.name != "tracking.py" and _imports_wandb(p)]
     assert offenders == []
     code = ("import sys, storytune.tracking, wandb_reader; "
             "assert 'wandb' not in sys.modules, 'wandb imported at module import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
 
 
 def _imports_wandb(path: Path) -> bool:

@@ -45,9 +45,9 @@ def test_finetune_runs_are_grouped_tagged_and_summarised(grid_root: Path) -> Non
         assert run.group == "tiny" and run.job_type == "finetune"
         assert {cell["variant"], "seed1", "study"} <= set(run.tags)
         assert run.config["run_id"] == cell["run_id"] and run.config["train"]["max_steps"] == 30
-        assert run.summary["stopped_at_step"] == result["stop_step"]
+        assert run.summary["stop_step"] == result["stop_step"]
         assert run.summary["best_eval_loss"] == pytest.approx(result["best_eval_loss"])
-        evals = [row for row in run.history if "eval/loss" in row]
+        evals = [row for row in run.history if "eval/validation_loss" in row]
         assert [row["train/global_step"] for row in evals] == [p["step"] for p in result["eval_history"]]
         assert all(row["train/tokens"] == row["train/global_step"] * result["tokens_per_step"] for row in evals)
 
@@ -64,12 +64,13 @@ def test_evaluation_runs_carry_metrics_and_samples(grid_root: Path) -> None:
     assert "base" in read_offline_run(grid_root / "base" / "eval").tags
 
 
-def test_aggregation_run_has_comparison_table(grid_root: Path) -> None:
+def test_aggregation_run_mirrors_the_report(grid_root: Path) -> None:
     run = read_offline_run(grid_root / "report", job_type="aggregate")
     assert run.group == "tiny" and run.job_type == "aggregate"
-    columns, rows = run.table("grid/comparison")
-    assert columns[0] == "variant" and [r[0] for r in rows] == ["base", "none", "patience1-thr0.05"]
-    assert any(key.startswith("grid/kept_eval_loss") for key in run.summary)
+    columns, rows = run.table("report/arms")
+    assert columns[0] == "variant" and [r[0] for r in rows] == ["none", "patience1-thr0.05"]
+    plots = sorted(path.stem for path in (grid_root / "report" / "plots").glob("*.png"))
+    assert plots and all(f"report/{name}" in run.summary for name in plots)
 
 
 def test_one_wandb_run_per_job(grid_root: Path) -> None:

@@ -280,7 +280,7 @@ def read_offline_run(run_dir: Path | str, run_id: str | None = None, job_type: s
 
     `run_dir` may be a storytune job folder (holding `wandb/` and `wandb.json`), a `wandb/`
     folder, one run folder or a `.wandb` file. When the folder holds several runs, `run_id` or
-    `job_type` picks one (default: the latest job recorded in `wandb.json`).
+    `job_type` picks one (default: the one job type recorded in `wandb.json`, if only one is).
     """
     run_dir = Path(run_dir)
     if run_dir.is_file():
@@ -353,15 +353,15 @@ def _folder_run_id(folder: Path) -> str:
 
 
 def _recorded_id(run_dir: Path, job_type: str | None = None) -> str | None:
-    """The id storytune.tracking recorded in `wandb.json` (the latest job's, or `job_type`'s)."""
+    """The id storytune.tracking recorded in `wandb.json` ({job type: record}) for `job_type`, or
+    without one, for the only job type recorded (None when there are several)."""
     try:
-        data = json.loads((run_dir / "wandb.json").read_text())
+        records = json.loads((run_dir / "wandb.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    if not isinstance(records, dict):
         return None
-    if job_type is not None:
-        jobs = data.get("jobs") if isinstance(data.get("jobs"), dict) else {}
-        record = jobs.get(job_type) or (data if data.get("job_type") == job_type else {})
-        return record.get("id") if isinstance(record, dict) else None
-    return data.get("id")
+    if job_type is None:
+        job_type = next(iter(records)) if len(records) == 1 else None
+    record = records.get(job_type)
+    return record.get("id") if isinstance(record, dict) else None

@@ -18,10 +18,13 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from storytune.cluster import allocator
+from storytune.errors import last_line
 from storytune.paths import GridDir, write_json_atomic
 from storytune.study.grid import ResourcesConfig
 from storytune.study.plan import Job, Plan
@@ -98,6 +101,13 @@ def submitit_parameters(resources: ResourcesConfig, name: str, dependency: str |
     return params
 
 
+def with_fast_allocator(params: dict[str, Any]) -> dict[str, Any]:
+    """Slurm parameters whose setup exports the benchmark-chosen allocator environment before the
+    job's Python starts (storytune/cluster/allocator.py); the grid's own setup lines come after, so
+    an `export` there overrides it."""
+    return {**params, "slurm_setup": [*allocator.setup_lines(), *params.get("slurm_setup", [])]}
+
+
 class Executor(ABC):
     name: str
 
@@ -128,7 +138,7 @@ class SlurmExecutor(Executor):
     def _executor(self, resources: ResourcesConfig, name: str, dependency: str | None = None):
         submitit = import_submitit()
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        executor.update_parameters(**submitit_parameters(resources, name, dependency))
+        executor.update_parameters(**with_fast_allocator(submitit_parameters(resources, name, dependency)))
         return executor
 
     def submit(self) -> list[Submitted]:
@@ -166,9 +176,13 @@ class SlurmExecutor(Executor):
         name = f"{self.plan.grid_name}-evaluate"
         paired = [job for job in evals if job.depends_on[0] in finetune_ids]
         ids: dict[str, str] = {}
-        if paired and [job.depends_on[0] for job in paired] == [job.name for job in finetunes]:
+        if paired:
             array_id = finetune_ids[finetunes[0].name].split("_")[0]
-            ids.update(self._submit_array(paired, self.eval_resources, name, f"aftercorr:{array_id}"))
+            # One evaluation per fine-tune: task i after task i. Replay (several cells per
+            # fine-tune): after the whole fine-tune array.
+            one_to_one = [job.depends_on[0] for job in paired] == [job.name for job in finetunes]
+            ids.update(self._submit_array(paired, self.eval_resources, name,
+                                          f"{'aftercorr' if one_to_one else 'afterok'}:{array_id}"))
         for job in evals:
             if job.name not in ids:
                 upstream = job_ids.get(job.depends_on[0])
@@ -217,7 +231,7 @@ class SlurmExecutor(Executor):
         import_submitit()
         from submitit.slurm import slurm
 
-        generic = submitit_parameters(self.resources, f"{self.plan.grid_name}-finetune")
+        generic = with_fast_allocator(submitit_parameters(self.resources, f"{self.plan.grid_name}-finetune"))
         renames = slurm.SlurmExecutor._equivalence_dict()
         params = {(key.removeprefix("slurm_") if key.startswith("slurm_") else renames[key]): value
                   for key, value in generic.items()}
@@ -237,30 +251,23 @@ def read_submissions(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Job id (`123` or `123_4`) -> Slurm state from sacct (accounting) for the given ids."""
-    import subprocess
+    """Job id (`123` or `123_4`) -> Slurm state (`PENDING`, `CANCELLED`, ...); ids sacct does not
+    know are left out, and off Slurm (no sacct) there are none.
 
+    One sacct call, made and parsed by submitit's watcher: it also gives each task of an array
+    line such as `123_[0-4%2]` (tasks not started yet) that line's state.
+    """
     if not job_ids or shutil.which("sacct") is None:
         return {}
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as err:
-        log.warning("sacct failed (%s); treating earlier submissions as finished", err)
-        return {}
-    states: dict[str, str] = {}
-    for line in out.splitlines():
-        job_id, _, state = line.partition("|")
-        states[job_id] = state.split()[0] if state else ""
-    # A pending array shows as `123_[0-4]`: expand it to every task id asked about.
+    import_submitit()
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    watcher = SlurmInfoWatcher()  # our own: SlurmJob's shared watcher caches states for minutes
     for job_id in job_ids:
-        if job_id not in states:
-            base = job_id.split("_")[0]
-            pending = [s for j, s in states.items() if j.startswith(f"{base}_[")]
-            if pending:
-                states[job_id] = pending[0]
-    return states
+        watcher.register_job(job_id)
+    watcher.update()  # a failing sacct is logged by submitit and leaves every state unknown
+    states = {job_id: watcher.get_info(job_id, mode="cache").get("State", "") for job_id in job_ids}
+    return {job_id: state.split()[0] for job_id, state in states.items() if state}  # "CANCELLED by 0"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +314,10 @@ class _SequentialExecutor(Executor):
             resources = self.resources if job.kind == "finetune" else self.eval_resources
             executor.update_parameters(**submitit_parameters(resources, f"{self.plan.grid_name}-{job.kind}"))
             log.info("starting %s", job.name)
-            handles.append((job, executor.submit(JobRunner(), job)))
+            # Local jobs inherit this process's environment, so the allocator's goes in for the submit;
+            # debug jobs run in this process, whose allocator was fixed when it started.
+            with allocator.inherited_by_children() if self.cluster == "local" else nullcontext():
+                handles.append((job, executor.submit(JobRunner(), job)))
         try:
             return self._collect(handles)
         except KeyboardInterrupt:  # Ctrl-C: stop the job processes too, not only this one
@@ -324,7 +334,7 @@ class _SequentialExecutor(Executor):
                 handle.result()
                 results.append(Submitted(job.name, job.kind, "done", str(handle.job_id), _log_path(handle)))
             except Exception as err:  # a failed job is reported; the others go on
-                message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                message = last_line(err)
                 results.append(Submitted(job.name, job.kind, "failed", str(handle.job_id), _log_path(handle), message))
                 log.error("%s failed: %s (log: %s)", job.name, message, _log_path(handle))
         return results

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from storytune.cluster.executors import EXECUTORS, SlurmExecutor, Submitted, default_executor_name
+from storytune.errors import last_line
 from storytune.study.grid import Grid
 from storytune.study.plan import Plan, make_plan
 
@@ -38,8 +39,7 @@ def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = Fa
     try:
         outcome = executor.submit()
     except Exception as err:  # sbatch refused (bad partition, account...): say so in one line
-        print(f"error: submission failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}",
-              file=sys.stderr)
+        print(f"error: submission failed: {last_line(err)}", file=sys.stderr)
         return 1
     print(format_outcome(outcome, executor_name))
     return 1 if any(o.status == "failed" for o in outcome) else 0
@@ -49,16 +49,45 @@ def format_plan(grid: Grid, plan: Plan, executor: str) -> str:
     lines = [f"grid {grid.spec.name!r}: {len(grid.cells)} cells, executor {executor}",
              f"run directory: {plan.root}", f"W&B group: {grid.base_config.wandb.group or grid.spec.name}", ""]
     width = max(len(c.run_id) for c in grid.cells)
-    lines.append(f"{'cell'.ljust(width)}  {'variant':<20} {'seed':<5} fine-tune  evaluate")
+    lines.append(f"{'cell'.ljust(width)}  {'variant':<20} {'seed':<5} {'fine-tune':<10} evaluate")
+    finetunes = {j.run_id: j for j in plan.finetunes}
     evals = {j.run_id: j for j in plan.evaluations}
-    for job in plan.finetunes:
-        ev = evals.get(job.run_id)
-        lines.append(f"{str(job.run_id).ljust(width)}  {job.config.early_stopping.variant:<20} "
-                     f"{job.config.train.seed:<5} {'done' if job.done else 'pending':<10} "
-                     f"{'-' if ev is None else ('done' if ev.done else 'pending')}")
+    sources = grid.replay_sources()
+    for cell in grid.cells:
+        source = finetunes[sources[cell.run_id].run_id]
+        trained = ("done" if source.done else "pending") if source.run_id == cell.run_id else "replayed"
+        ev = evals.get(cell.run_id)
+        lines.append(f"{cell.run_id.ljust(width)}  {cell.config.early_stopping.variant:<20} "
+                     f"{cell.config.train.seed:<5} {trained:<10} {_state(ev)}")
     if plan.base_evaluation:
         lines.append(f"{'base model'.ljust(width)}  evaluation: {'done' if plan.base_evaluation.done else 'pending'}")
+    lines.append(replay_line(grid, plan))
     return "\n".join(lines)
+
+
+def replay_line(grid: Grid, plan: Plan) -> str:
+    """Trainings and requested GPU-hours (Slurm time limit x GPUs) with and without replay."""
+    resources = grid.spec.resources
+    hours = resources.time_min / 60 * resources.nodes * max(1, resources.gpus_per_node)
+    unit = "GPU-hours" if resources.gpus_per_node else "node-hours"
+    cells, replayed = len(grid.cells), trainings_with_replay(grid)
+    if grid.spec.replay:
+        return (f"\nreplay: {replayed} trainings instead of {cells} (requested {unit}: {replayed * hours:,.1f} "
+                f"instead of {cells * hours:,.1f}); each stopping arm is derived from its seed's `none` run")
+    return (f"\ntrainings: {cells} (requested {unit}: {cells * hours:,.1f}); with `replay: true`: {replayed} "
+            f"({replayed * hours:,.1f})")
+
+
+def trainings_with_replay(grid: Grid) -> int:
+    """Trainings the grid needs in replay mode: one per `none` cell, plus cells without a `none` arm."""
+    from dataclasses import replace
+
+    sources = replace(grid, spec=replace(grid.spec, replay=True)).replay_sources()
+    return len({source.run_id for source in sources.values()}) + len(grid.cells) - len(sources)
+
+
+def _state(job) -> str:
+    return "-" if job is None else ("done" if job.done else "pending")
 
 
 def format_outcome(outcome: list[Submitted], executor: str) -> str:

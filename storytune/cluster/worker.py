@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from storytune.config import RunConfig
+from storytune.eval.generate import read_generations
 from storytune.paths import (
-    EVAL_FILE,
     GridDir,
+    RunDir,
     eval_file,
     generations_file,
     read_json,
@@ -25,38 +26,52 @@ from storytune.paths import (
     write_json_atomic,
     write_text_atomic,
 )
-from storytune.process import is_main_process, setup_logging
+from storytune.process import git_commit, is_main_process, library_versions, setup_logging
 from storytune.study.plan import Job, Plan
 
 log = logging.getLogger("storytune")
 
 
-def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), force: bool = False) -> dict:
+def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), force: bool = False,
+                 replays: Sequence[RunConfig] = ()) -> dict:
     """Fine-tune one arm into its run directory; returns result.json's content.
 
     A run directory that already holds result.json is done: its result is returned unless `force`.
     An interrupted run resumes from its last checkpoint, and continues the same W&B run.
+    `replays`: configs of the arms derived from this (`none`) run by replay; each gets its own
+    run directory and result.json, marked `replayed_from`.
     """
     from storytune.tracking import Tracker, finetune_summary, trainer_callback
     from storytune.train.finetune import finetune, last_checkpoint, remove_checkpoints
 
     run_dir = run_dir_for(config)
-    if run_dir.is_complete() and not force:
+    pending = [c for c in replays if force or not run_dir_for(c).is_complete()]
+    if run_dir.is_complete() and not force and not pending:
         log.info("%s is complete; skipping (force=True reruns it)", run_dir.path)
         return read_json(run_dir.result)
+    if run_dir.is_complete() and pending and not force:  # its checkpoints are gone: train again
+        log.info("%s is complete but replayed arms are missing: training it again", run_dir.path)
     main = is_main_process()
     if main:
         run_dir.create()
-        if force:
-            run_dir.result.unlink(missing_ok=True)
+        run_dir.result.unlink(missing_ok=True)
         write_config(run_dir.config, config)
     tags = [config.early_stopping.variant, f"seed{config.train.seed}"]
     fresh_start = last_checkpoint(run_dir.checkpoints) is None  # else: continue the same W&B run
     with Tracker.start(config, run_dir.path, "finetune", name=run_dir.path.name, tags=tags,
                        restart=fresh_start) as tracker:
-        result = finetune(config, run_dir, extra_callbacks=[trainer_callback(tracker), *extra_callbacks])
-        payload = {"kind": "finetune", "run_dir": str(run_dir.path), **result.to_dict()}
+        callbacks = [trainer_callback(tracker), *extra_callbacks]
+        if replays:
+            from storytune.train.replay import PruneCheckpoints
+
+            callbacks.append(PruneCheckpoints(list(replays), config.train.max_steps))
+        result, prepared = finetune(config, run_dir, extra_callbacks=callbacks, keep_all_checkpoints=bool(replays))
+        derived = _replay(result, run_dir, prepared, replays) if replays else []
+        payload = _finetune_payload(run_dir, result)
         if main:
+            for arm_dir, arm_result in derived:
+                write_json_atomic(arm_dir.result, _finetune_payload(arm_dir, arm_result))
+                print(format_result_line(arm_result.to_dict()), flush=True)
             write_json_atomic(run_dir.result, payload)
             tracker.summary(finetune_summary(payload))
             tracker.log_artifact_dir(run_dir.model, name=f"model-{run_dir.path.name}", type="model")
@@ -67,12 +82,36 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
     return payload
 
 
+def _finetune_payload(run_dir: RunDir, result: Any) -> dict:
+    return {"kind": "finetune", "run_dir": str(run_dir.path), **result.to_dict()}
+
+
+def _replay(source: Any, source_dir: RunDir, prepared: Any, replays: Sequence[RunConfig]) -> list[tuple[RunDir, Any]]:
+    """Derive every replayed arm from the finished source run (main process writes their folders)."""
+    from storytune.train.replay import replay_arms
+
+    arms = [(c, run_dir_for(c)) for c in replays]
+    if is_main_process():
+        for config, arm_dir in arms:
+            arm_dir.create()
+            write_config(arm_dir.config, config)
+    results = replay_arms(source, source_dir.path.name, source_dir.checkpoints, prepared, arms)
+    return [(arm_dir, result) for (_, arm_dir), result in zip(arms, results)]
+
+
 def format_result_line(result: dict) -> str:
     step = result["stop_step"]
     stop = f"stopped early at step {step}" if result["stopped_early"] else f"ran all {step} steps"
-    return (f"[{result['variant']} seed {result['seed']}] {stop}; best eval loss "
-            f"{result['best_eval_loss']:.4f} at step {result['best_step']}; kept step {result['kept_step']} "
-            f"(eval loss {result['final_eval_loss']:.4f}); {result['tokens_per_s']:.0f} tokens/s")
+    how = f" (replayed from {result['replayed_from']})" if result.get("replayed_from") else ""
+    test = result["test_loss"]
+    return (f"[{result['variant']} seed {result['seed']}] {stop}{how}; best validation loss "
+            f"{result['best_eval_loss']:.4f} at step {result['best_step']}; kept step {result['kept_step']}; "
+            f"test loss {test['mean']:.4f} [{_num(test['ci_low'])}, {_num(test['ci_high'])}]; "
+            f"{result['tokens_per_s']:.0f} tokens/s")
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def run_job(job: Job) -> dict:
@@ -80,8 +119,10 @@ def run_job(job: Job) -> dict:
     export_slurm_distributed_env()
     setup_logging()
     if job.kind == "finetune":
-        return run_finetune(job.config)
+        return run_finetune(job.config, replays=job.replays)
     if job.kind == "evaluate":
+        if (copied := reuse_evaluation(job)) is not None:
+            return copied
         tags = [job.config.early_stopping.variant, f"seed{job.config.train.seed}"]
         return run_evaluate_job(job.config, str(job.run_dir.model), job.run_dir.eval_dir, job.run_id, tags)
     if job.kind == "evaluate_base":
@@ -92,11 +133,35 @@ def run_job(job: Job) -> dict:
     return run_aggregate(Path(job.grid_root), job.config)
 
 
+def weights_id(result: dict) -> tuple[str, int]:
+    """Cells with the same weights: the run that trained them and the step they were kept at."""
+    return result.get("replayed_from") or Path(result["run_dir"]).name, int(result["kept_step"])
+
+
+def reuse_evaluation(job: Job) -> dict | None:
+    """Replay: a cell whose kept weights are another cell's (same source run, same kept step)
+    takes that cell's finished evaluation instead of generating again. Returns its eval.json."""
+    if not is_main_process() or not job.run_dir.is_complete() or job.run_dir.eval_result.exists():
+        return None
+    mine = weights_id(read_json(job.run_dir.result))
+    grid = GridDir(Path(job.grid_root))
+    for cell in read_json(grid.plan)["cells"]:
+        other = grid.run(cell["run_id"])
+        if cell["run_id"] == job.run_id or not (other.is_complete() and other.eval_result.exists()):
+            continue
+        if weights_id(read_json(other.result)) == mine:
+            payload = {**read_json(other.eval_result), "copied_from": cell["run_id"]}
+            write_text_atomic(generations_file(job.run_dir.eval_dir), generations_file(other.eval_dir).read_text())
+            write_json_atomic(job.run_dir.eval_result, payload)  # last: marks the evaluation complete
+            log.info("%s keeps the same weights as %s: its evaluation is reused", job.run_id, cell["run_id"])
+            return payload
+    return None
+
+
 def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None,
                      tags: Sequence[str] = (), force: bool = False) -> dict:
     """Evaluate one model (a fine-tuned cell or the base) into `out_dir`, mirrored to W&B."""
     from storytune.eval.evaluate import run_evaluate
-    from storytune.eval.generate import read_generations
     from storytune.tracking import Tracker
 
     label = label or model_path
@@ -133,63 +198,76 @@ def write_manifest(plan: Plan) -> Path:
 
 
 def run_aggregate(root: Path, config: RunConfig | None = None) -> dict:
-    """Compare every cell of the grid at `root` with the base model; write `report/`, print the
-    table, and (when `config` is given) mirror it to W&B as a table and bar charts."""
-    from storytune.study.compare import ExpectedCell, compare, table_rows, to_console, to_csv, to_markdown
+    """Compare every cell of the grid at `root`; write `report/` (summary.json last) and print the
+    findings; with `config` (the aggregation job), mirror the report to W&B."""
+    from storytune.study.compare import summarize
+    from storytune.study.report import write_report
 
     grid = GridDir(root)
     manifest = read_json(grid.plan)
-    expected = [ExpectedCell(c["run_id"], c["variant"], c["seed"]) for c in manifest["cells"]]
-    results = _read_all([grid.run(c.run_id).result for c in expected])
-    evals = _read_all([grid.run(c.run_id).eval_result for c in expected])
-    base_eval_path = eval_file(grid.base_eval_dir)
-    base_eval = read_json(base_eval_path) if base_eval_path.exists() else None
-    comparison = compare(expected, results, evals, base_eval)
-    report = grid.report
-    title = f"storytune grid `{manifest['grid']}`: early stopping vs base model"
-    write_text_atomic(report / "comparison.md", to_markdown(comparison, title))
-    write_text_atomic(report / "comparison.csv", to_csv(comparison))
-    payload = {"grid": manifest["grid"], "cells": len(expected), "failed": comparison.failed,
-               "missing_evals": comparison.missing_evals, "rows": [asdict(r) for r in comparison.rows],
-               "base_eval_loss": comparison.base_eval_loss, "base_metrics": comparison.base_metrics}
-    write_json_atomic(grid.summary, payload)
-    print(f"\n{title}\n{to_console(comparison)}\nreport: {report / 'comparison.md'}", flush=True)
+    cells = [_cell_data(grid, cell) for cell in manifest["cells"]]
+    summary = summarize(cells, _context(grid, manifest, cells))
+    html = write_report(summary, grid.report)
+    write_json_atomic(grid.summary, summary)  # last: marks the aggregation complete
+    lines = [f"\nstorytune grid `{summary['grid']}`: {summary['cells']['finished']} of "
+             f"{summary['cells']['expected']} cells finished", *(f"warning: {w}" for w in summary["warnings"]),
+             f"report: {html}", *(f"- {f}" for f in summary["findings"])]
+    print("\n".join(lines), flush=True)
     if config is not None:
-        _aggregate_to_wandb(config, report, manifest["grid"], table_rows(comparison), comparison)
-    return payload
+        _report_to_wandb(config, grid, summary)
+    return summary
 
 
-def _aggregate_to_wandb(config: RunConfig, report: Path, grid: str, table: tuple, comparison) -> None:
+def _cell_data(grid: GridDir, cell: dict) -> Any:
+    from storytune.study.compare import CellData
+
+    run = grid.run(cell["run_id"])
+    generations = generations_file(run.eval_dir)
+    return CellData(run_id=cell["run_id"], variant=cell["variant"], seed=cell["seed"],
+                    result=_read_if_exists(run.result), eval=_read_if_exists(run.eval_result),
+                    generations=read_generations(generations) if generations.exists() else None)
+
+
+def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
+    from datetime import datetime, timezone
+
+    from storytune.study.compare import BaseData, Context
+
+    base = manifest.get("base_model") or {}
+    name = next((c.result["base_model"] for c in cells if c.result), base.get("name", "?"))
+    base_generations = generations_file(grid.base_eval_dir)
+    return Context(
+        grid=manifest["grid"], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        replay=bool(manifest.get("replay")),
+        base=BaseData(name=name, is_random=bool(base.get("random")),
+                      eval=_read_if_exists(eval_file(grid.base_eval_dir)),
+                      generations=read_generations(base_generations) if base_generations.exists() else None),
+        provenance={"config_hash": base.get("config_hash"), "git_commit": git_commit(),
+                    "versions": library_versions()})
+
+
+def _read_if_exists(path: Path) -> dict | None:
+    return read_json(path) if path.exists() else None
+
+
+def _report_to_wandb(config: RunConfig, grid: GridDir, summary: dict) -> None:
+    """The aggregation run: the comparison table, the findings and the report's plots as images."""
     from storytune.tracking import Tracker
 
-    header, rows = table
-    with Tracker.start(config, report, "aggregate", name=f"{grid}-aggregate", tags=["aggregate"]) as tracker:
+    with Tracker.start(config, grid.report, "aggregate", name=f"{summary['grid']}-aggregate",
+                       tags=["aggregate"]) as tracker:
         if not tracker:
             return
-        tracker.table("grid/comparison", header, rows)
-        bars = {"kept_eval_loss": lambda r: r.kept_eval_loss, "stop_step": lambda r: r.stop_step,
-                "compute_saved": lambda r: r.compute_saved,
-                **{f"eval_{k}": (lambda r, k=k: r.metrics.get(k)) for k in comparison.base_metrics}}
-        for key, value in bars.items():
-            points = [[r.variant, value(r)] for r in comparison.rows if value(r) is not None]
-            base = comparison.base_metrics.get(key.removeprefix("eval_")) if key.startswith("eval_") else None
-            if key == "kept_eval_loss":
-                base = comparison.base_eval_loss
-            if base is not None:
-                points.insert(0, ["base", base])
-            if points:
-                tracker.bar_chart(f"grid/{key}", ["variant", key], points, x="variant", y=key,
-                                  title=f"{key} per early-stopping arm vs base")
-
-
-def _read_all(paths: list[Path]) -> dict[str, dict]:
-    """Run id -> content of each file that exists (a run's result.json or eval/eval.json)."""
-    found = {}
-    for path in paths:
-        if path.exists():
-            run_dir = path.parent if path.name != EVAL_FILE else path.parent.parent
-            found[run_dir.name] = read_json(path)
-    return found
+        header = ["variant", "seeds", "stop step", "compute saved", "test loss", "ci low", "ci high",
+                  "vs none diff", "vs none p"]
+        rows = []
+        for arm in summary["arms"]:
+            test, vs = arm["test_loss"] or {}, arm["vs_none"].get("test_loss") or {}
+            rows.append([arm["variant"], arm["n_seeds"], arm["stop_step"], arm["compute_saved"], test.get("mean"),
+                         test.get("ci_low"), test.get("ci_high"), vs.get("diff"), vs.get("p_value")])
+        tracker.table("report/arms", header, rows)
+        tracker.table("report/findings", ["finding"], [[f] for f in summary["findings"]])
+        tracker.images({f"report/{path.stem}": path for path in sorted((grid.report / "plots").glob("*.png"))})
 
 
 def export_slurm_distributed_env() -> bool:

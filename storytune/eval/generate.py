@@ -15,15 +15,20 @@ Prompt rules (the same for every model compared, so the prompts depend only on t
 * The prompt is an exact prefix of the story; the reference is the rest of the story (whitespace
   stripped), i.e. the true continuation.
 
-Generation rules (`generate_tokens`, `generate_continuations`):
+Generation rules (`generate_tokens`; the decoding loop is `storytune.eval.sampling.sample_tokens`):
 
 * Prompts are generated in batches of `generation.batch_size`, in the given order, LEFT-padded
-  with an attention mask (position ids follow the mask), with the KV cache, `pad_token_id = EOS`.
-* Each batch is seeded with `generation.seed + batch_index` (batch 0, 1, 2, ...). Sampling
-  therefore depends on batch composition: the same prompts in the same order with the same batch
-  size and seed give identical outputs, for every model and every run; a different batch size
-  gives different (equally valid) samples. Greedy decoding does not depend on batching (up to
-  floating-point rounding in padded batches; the tests check batched == one at a time).
+  with an attention mask (position ids follow the mask), with the KV cache; finished rows are
+  filled with EOS.
+* Sampling draws from the same distribution as transformers' `generate(do_sample=True)` with the
+  same temperature, top-k and top-p (exactly the same nucleus, see `storytune.eval.sampling`), but
+  not the same samples for the same seed.
+* Seeds are per prompt: the prompt at position i of the list draws its step-t uniform from
+  numpy's `default_rng([generation.seed, i])`. A prompt's sample therefore does not depend on the
+  batch size or on the other prompts in its batch: the same prompts with the same seed give the
+  same samples for every model and every run, batched or one at a time (up to floating-point
+  rounding of the logits in padded batches, which in practice never moves a draw across a
+  token boundary; the tests check batch 1 == batch 32). Greedy decoding takes the first argmax.
 * A prompt longer than the model's context minus `max_new_tokens` keeps its LAST
   `context - max_new_tokens` tokens (truncated from the left, a warning says how many were cut),
   so every prompt has room for all new tokens.
@@ -45,7 +50,6 @@ from storytune.paths import write_text_atomic
 from storytune.train.model import context_length
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -162,18 +166,6 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
     return out, truncated
 
 
-def decoding_kwargs(settings: GenerationConfig, eos_token_id: int, min_new_tokens: int = 0) -> dict[str, Any]:
-    """Keyword arguments of `model.generate` for these settings (sampling ones only when sampling)."""
-    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                              "num_beams": 1, "use_cache": True, "eos_token_id": eos_token_id,
-                              "pad_token_id": eos_token_id}
-    if min_new_tokens:
-        kwargs["min_new_tokens"] = min_new_tokens
-    if settings.do_sample:
-        kwargs.update(top_p=settings.top_p, top_k=settings.top_k, temperature=settings.temperature)
-    return kwargs
-
-
 def decoding_settings(settings: GenerationConfig) -> dict[str, Any]:
     """The decoding part of the settings, as recorded with every sample."""
     keys = ["do_sample", "max_new_tokens", "seed", "batch_size"]
@@ -191,17 +183,6 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _seeded_generate(model: PreTrainedModel, batch: dict[str, torch.Tensor], seed: int,
-                     kwargs: dict[str, Any]) -> torch.Tensor:
-    """`model.generate` under `seed`, leaving the caller's random state as it was."""
-    import torch
-
-    device = batch["input_ids"].device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return model.generate(**batch, **kwargs)
-
-
 def generate_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                     settings: GenerationConfig, device: Any = None, min_new_tokens: int = 0,
                     progress: bool = True) -> list[list[int]]:
@@ -210,8 +191,9 @@ def generate_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     `min_new_tokens` > 0 suppresses EOS until that many tokens were generated (benchmarks use
     `min_new_tokens == max_new_tokens` so every sample does the same work).
     """
-    import torch
     from tqdm.auto import tqdm
+
+    from storytune.eval.sampling import sample_tokens
 
     if device is None:
         device = next(model.parameters()).device
@@ -220,34 +202,23 @@ def generate_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if truncated:
         log.warning("%d prompt(s) longer than the model's context minus max_new_tokens were cut from the left",
                     truncated)
-    kwargs = decoding_kwargs(settings, eos, min_new_tokens)
     out: list[list[int]] = []
     was_training = model.training
     model.eval()
     try:
-        for batch_index, span in enumerate(tqdm(_batches(len(rows), settings.batch_size), desc="Generating",
-                                                unit="batch", disable=not progress)):
+        for span in tqdm(_batches(len(rows), settings.batch_size), desc="Generating", unit="batch",
+                         disable=not progress):
             padded = tokenizer.pad({"input_ids": [rows[i] for i in span]}, padding_side="left",
                                    return_tensors="pt")
-            batch = {"input_ids": padded["input_ids"].to(device),
-                     "attention_mask": padded["attention_mask"].to(device)}
-            with torch.inference_mode():
-                generated = _seeded_generate(model, batch, settings.seed + batch_index, kwargs)
-            width = batch["input_ids"].shape[1]
-            out.extend(trim_at_eos(row, eos) for row in generated[:, width:].tolist())
+            generated = sample_tokens(
+                model, padded["input_ids"].to(device), padded["attention_mask"].to(device),
+                max_new_tokens=settings.max_new_tokens, eos_token_id=eos, do_sample=settings.do_sample,
+                temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                seed=settings.seed, row_seeds=span, min_new_tokens=min_new_tokens)
+            out.extend(trim_at_eos(row, eos) for row in generated.tolist())
     finally:
         model.train(was_training)
     return out
-
-
-def generate_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                           settings: GenerationConfig, device: Any = None, strip: bool = True,
-                           progress: bool = True) -> list[str]:
-    """The text each prompt's continuation adds (decoded without special tokens; stripped unless
-    `strip=False`, which keeps the exact text that follows the prompt, leading space included)."""
-    tokens = generate_tokens(model, tokenizer, prompts, settings, device=device, progress=progress)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return [text.strip() for text in texts] if strip else texts
 
 
 # --------------------------------------------------------------------------------------------------

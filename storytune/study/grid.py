@@ -7,6 +7,7 @@ yields the same cells in the same order with the same ids (ids hash the resolved
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,10 @@ class GridFile:
     """Slurm resources of evaluation jobs; default: same as `resources`."""
     evaluate: bool = True
     """Run the evaluation jobs (generation metrics) for every cell and the base model."""
+    replay: bool = False
+    """Train only the `none` arm per seed and derive every other early-stopping arm from its
+    checkpoints (`storytune.train.replay`): exact, and one training per seed instead of one per arm.
+    Needs a `none` arm (`patience: null`) for every combination of the other axes."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,6 +131,15 @@ class Grid:
     def eval_resources(self) -> ResourcesConfig:
         return self.spec.eval_resources or self.spec.resources
 
+    def replay_sources(self) -> dict[str, Cell]:
+        """Run id of each cell -> the cell that trains it: itself, or (replay) its seed's `none` cell,
+        the cell whose config equals it in everything but early stopping."""
+        if not self.spec.replay:
+            return {cell.run_id: cell for cell in self.cells}
+        sources = {_without_stopping(c.config): c for c in self.cells if not c.config.early_stopping.enabled}
+        return {c.run_id: sources[_without_stopping(c.config)] for c in self.cells
+                if _without_stopping(c.config) in sources}
+
 
 def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """Read, expand and validate a grid file; every problem of every cell is listed at once.
@@ -164,9 +178,12 @@ def expand_grid(raw: dict[str, Any], source: str | None = None) -> Grid:
             config.output.name = run_id
             cells.append(Cell(index=index, run_id=run_id, config=config, assignment=assignment))
     problems.extend(_duplicate_ids(cells))
+    grid = Grid(spec=spec, cells=cells, base_config=base_config, source=source)
+    if spec.replay and not problems:
+        problems.extend(_replay_problems(grid))
     if problems:
         raise ConfigError(_dedupe(problems))
-    return Grid(spec=spec, cells=cells, base_config=base_config, source=source)
+    return grid
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -191,6 +208,25 @@ def _cell_config(cell_raw: dict[str, Any], spec: GridFile, where: str,
         problems.extend(Problem(f"{where}.{p.path}", p.message) for p in err.problems
                         if (p.path, p.message) not in base_problems)
         return None
+
+
+def _without_stopping(config: RunConfig) -> str:
+    """Everything that shapes training except the early-stopping arm (and where outputs go)."""
+    data = config.to_dict()
+    for key in ("early_stopping", "output", "wandb"):
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True)
+
+
+def _replay_problems(grid: Grid) -> list[Problem]:
+    sources = grid.replay_sources()
+    problems = [Problem("replay", f"cell {c.run_id} has no `none` arm (patience: null) with the same settings to "
+                                  "replay it from; add `{patience: null}` to axes.early_stopping or set replay: false")
+                for c in grid.cells if c.run_id not in sources]
+    if any(c.config.train.deepspeed for c in grid.cells):
+        problems.append(Problem("replay", "replay loads checkpoints into one process's model; it does not support "
+                                          "DeepSpeed (train.deepspeed): set replay: false"))
+    return problems
 
 
 def _duplicate_ids(cells: list[Cell]) -> list[Problem]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from storytune.config import RunConfig
-from storytune.paths import GridDir, RunDir, eval_file
+from storytune.paths import GridDir, RunDir, config_hash, eval_file
 from storytune.study.grid import Cell, Grid
 
 JobKind = Literal["finetune", "evaluate", "evaluate_base", "aggregate"]
@@ -31,6 +31,8 @@ class Job:
     grid_root: str
     run_id: str | None = None
     depends_on: tuple[str, ...] = ()
+    replays: tuple[RunConfig, ...] = ()
+    """Configs of the arms this fine-tune derives by replay (grid `replay: true`)."""
     done: bool = False
     """Its output is already complete on disk (it will be skipped unless forced)."""
 
@@ -66,6 +68,10 @@ class Plan:
     base_evaluation: Job | None
     aggregation: Job
     cells: list[dict[str, Any]] = field(default_factory=list)
+    replay: bool = False
+    """Stopping arms are derived from their seed's `none` run (grid `replay: true`)."""
+    base_model: dict[str, Any] = field(default_factory=dict)
+    """The base model: {name, random (a random initialisation, e.g. the tiny preset), config_hash}."""
     """Manifest of the grid's cells (run id, variant, seed, assignment) for status and aggregation."""
 
     @property
@@ -77,7 +83,8 @@ class Plan:
         return [job for job in self.jobs if job.kind == kind and not job.done]
 
     def manifest(self) -> dict[str, Any]:
-        return {"grid": self.grid_name, "root": str(self.root), "cells": self.cells,
+        return {"grid": self.grid_name, "root": str(self.root), "replay": self.replay,
+                "base_model": self.base_model, "cells": self.cells,
                 "jobs": [{"name": j.name, "kind": j.kind, "run_id": j.run_id, "depends_on": list(j.depends_on),
                           "output": str(j.output)} for j in self.jobs]}
 
@@ -89,23 +96,32 @@ def make_plan(grid: Grid, force: bool = False) -> Plan:
     def is_done(kind: JobKind, run_id: str | None) -> bool:
         return not force and output_file(kind, root, run_id).exists()
 
+    sources = grid.replay_sources()
+    derived = {c.run_id: [d.config for d in grid.cells if sources[d.run_id] is c and d is not c] for c in grid.cells}
     finetunes = [Job("finetune", f"finetune/{c.run_id}", c.config, str(root), c.run_id,
-                     done=is_done("finetune", c.run_id)) for c in grid.cells]
+                     replays=tuple(derived[c.run_id]),
+                     done=all(is_done("finetune", r) for r in [c.run_id, *(d.output.name for d in derived[c.run_id])]))
+                 for c in grid.cells if sources[c.run_id] is c]
+    trained_by = {c.run_id: f"finetune/{sources[c.run_id].run_id}" for c in grid.cells}
     evaluations: list[Job] = []
     base: Job | None = None
     if grid.spec.evaluate:
-        evaluations = [Job("evaluate", f"evaluate/{f.run_id}", f.config, str(root), f.run_id,
-                           depends_on=(f.name,), done=is_done("evaluate", f.run_id)) for f in finetunes]
+        evaluations = [Job("evaluate", f"evaluate/{c.run_id}", c.config, str(root), c.run_id,
+                           depends_on=(trained_by[c.run_id],), done=is_done("evaluate", c.run_id))
+                       for c in grid.cells]
         base = Job("evaluate_base", "evaluate/base", grid.base_config, str(root),
                    done=is_done("evaluate_base", None))
     upstream = [*(evaluations or finetunes), *([base] if base else [])]
     aggregation = Job("aggregate", "aggregate", grid.base_config, str(root),
                       depends_on=tuple(j.name for j in upstream))
     return Plan(grid_name=grid.spec.name, root=root, finetunes=finetunes, evaluations=evaluations,
-                base_evaluation=base, aggregation=aggregation, cells=[cell_entry(c) for c in grid.cells])
+                base_evaluation=base, aggregation=aggregation,
+                cells=[cell_entry(c, sources[c.run_id]) for c in grid.cells], replay=grid.spec.replay,
+                base_model={"name": grid.base_config.model.name, "random": grid.base_config.model.is_tiny,
+                            "config_hash": config_hash(grid.base_config)})
 
 
-def cell_entry(cell: Cell) -> dict[str, Any]:
+def cell_entry(cell: Cell, source: Cell) -> dict[str, Any]:
     return {"run_id": cell.run_id, "variant": cell.config.early_stopping.variant,
-            "seed": cell.config.train.seed, "assignment": cell.assignment,
+            "seed": cell.config.train.seed, "assignment": cell.assignment, "trained_by": source.run_id,
             "early_stopping": asdict(cell.config.early_stopping)}

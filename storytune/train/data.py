@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from storytune.config import DataConfig
+from storytune.paths import save_dir_atomically
 from storytune.train.hub import hub_reachable
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 STORY_SEPARATOR = "<|endoftext|>"
 STORY_SUFFIXES = (".txt", ".jsonl")
-CACHE_FORMAT = 1  # bump when the processing below changes, to invalidate old caches
+CACHE_FORMAT = 2  # bump when the processing below changes, to invalidate old caches
 HOW_TO_PROVIDE = ("set STORYTUNE_DATA_DIR=/path/to/stories (a folder of .txt files with "
                   "<|endoftext|> separators or .jsonl files with a 'text' field) or data.files=[...]")
 
@@ -192,6 +192,22 @@ def pack_blocks(token_rows: Iterable[list[int]], block_size: int) -> tuple[np.nd
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size), len(stream) - n_blocks * block_size
 
 
+def pack_scored_blocks(token_rows: Iterable[list[int]], block_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack rows like `pack_blocks`, but keep every token and say which row (story) each belongs to.
+
+    Returns (blocks [n, block_size], story ids [n, block_size]); the last block is padded with
+    `pad_id` under story id -1 (not scored). Scoring these blocks with the next-token loss gives
+    the validation loss's definition (same packing, same context), split by story.
+    """
+    rows = [list(row) for row in token_rows]
+    stream = np.fromiter((t for row in rows for t in row), dtype=np.int32)
+    owner = np.repeat(np.arange(len(rows), dtype=np.int32), [len(row) for row in rows])
+    pad = (-len(stream)) % block_size
+    stream = np.concatenate([stream, np.full(pad, pad_id, dtype=np.int32)])
+    owner = np.concatenate([owner, np.full(pad, -1, dtype=np.int32)])
+    return stream.reshape(-1, block_size), owner.reshape(-1, block_size)
+
+
 # --------------------------------------------------------------------------------------------------
 # The cached result
 
@@ -213,7 +229,8 @@ def fingerprint(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def prepare_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[DatasetDict, DataSummary]:
-    """Processed splits (`train`/`validation` blocks, `test` stories), from cache when possible."""
+    """Processed splits, from cache when possible: `train`/`validation` blocks, `test` stories (prompts)
+    and `test_blocks` (the test stories packed like validation, with story ids)."""
     from datasets import load_from_disk
 
     key = fingerprint(config, tokenizer)
@@ -222,7 +239,12 @@ def prepare_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tupl
         log.info("Using cached data %s", target)
         return load_from_disk(str(target / "splits")), DataSummary(**json.loads((target / "summary.json").read_text()))
     splits, summary = build_data(config, tokenizer, key)
-    _save_atomically(splits, summary, target)
+
+    def write(folder: Path) -> None:
+        splits.save_to_disk(str(folder / "splits"))
+        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+
+    save_dir_atomically(target, write)  # jobs sharing the cache may build it at once; theirs is identical
     return splits, summary
 
 
@@ -242,21 +264,14 @@ def build_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase, key: str)
                             f"data.block_size={config.block_size}; add stories or lower data.block_size")
         packed[name] = Dataset.from_dict({"input_ids": blocks})
     packed["test"] = Dataset.from_dict({"text": stories.test})
+    test_rows = tokenize_stories(stories.test, tokenizer, config.num_proc)["input_ids"]
+    test_blocks, test_owner = pack_scored_blocks(test_rows, config.block_size, tokenizer.eos_token_id)
+    packed["test_blocks"] = Dataset.from_dict({"input_ids": test_blocks, "story_ids": test_owner})
     summary = DataSummary(
         stories={"train": len(stories.train), "validation": len(stories.validation), "test": len(stories.test)},
         tokens=tokens, blocks={name: len(packed[name]) for name in ("train", "validation")},
         tokens_dropped=dropped, block_size=config.block_size, fingerprint=key)
     return DatasetDict(packed), summary
-
-
-def _save_atomically(splits: DatasetDict, summary: DataSummary, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    splits.save_to_disk(str(tmp / "splits"))
-    (tmp / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process cached the same data first
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def lm_collator(features: list[dict[str, list[int]]]) -> dict[str, object]:

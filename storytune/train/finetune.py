@@ -1,14 +1,16 @@
 """Fine-tune with the Hugging Face Trainer and one early-stopping arm; return what happened.
 
-Read top to bottom: data -> model -> TrainingArguments -> Trainer (+ EarlyStoppingCallback) ->
-train (resuming from the run's last checkpoint) -> evaluate the kept weights -> save -> result.
-The result is returned, not written: writing files is the job's side effect (see `jobs/finetune.py`).
+Read top to bottom: data -> model -> TrainingArguments -> Trainer (+ the early-stopping callback,
+validation and a train subset evaluated together) -> train (resuming from the run's last complete
+checkpoint) -> the kept weights' validation loss (the criterion) and test loss (the result) -> save
+-> result. `replay` derives the other early-stopping arms from a `none` run's checkpoints.
+The result is returned, not written: writing files is the job's side effect (`storytune.cluster.worker`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.paths import RunDir
 from storytune.train.data import DataSummary, lm_collator, prepare_data
+from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
 from storytune.train.model import load_model, load_tokenizer, resolve_base_model
+from storytune.train.stopping import StoppingCallback
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -30,27 +34,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneResult:
-    """What one fine-tuning run did; becomes `result.json`."""
+    """What one fine-tuning run did; becomes `result.json`. Losses are nats per token."""
 
     variant: str
     seed: int
     base_model: str
     max_steps: int
-    steps_run: int
-    """Optimiser steps taken in total (across resumes)."""
     stop_step: int
-    """Step at which training ended (== steps_run)."""
+    """Last optimiser step trained (across resumes)."""
     stopped_early: bool
     best_step: int | None
+    """Step of the lowest validation loss up to the stop."""
     best_eval_loss: float | None
-    final_eval_loss: float
-    """Validation loss of the weights this run keeps (evaluated after training)."""
     kept_step: int
-    """Step of the kept weights: best_step for early-stopped runs that keep the best, else stop_step."""
+    """Step of the kept weights: best_step for arms that keep the best, else stop_step."""
+    kept_eval_loss: float
+    """Validation loss of the kept weights: the criterion that CHOSE the stop, optimistic by construction."""
+    test_loss: dict[str, Any]
+    """Generalization: {mean, ci_low, ci_high, n_stories} on the held-out test stories (`heldout`)."""
     base_eval_loss: float | None
     """Validation loss of the base model before any training (None when resumed or under DeepSpeed)."""
+    base_test_loss: dict[str, Any] | None
+    """Test loss of the base model (same stories, same definition; None when resumed or under DeepSpeed)."""
     patience_counter_at_stop: int | None
-    train_tokens_seen: int
+    train_tokens: int
+    """Tokens trained on: stop_step x tokens_per_step."""
     tokens_per_step: int
     total_flos: float
     """Floating-point operations the Trainer counted for training (across resumes)."""
@@ -60,27 +68,27 @@ class FinetuneResult:
     resumed_from_step: int | None
     model_path: str
     eval_history: list[dict[str, float]] = field(default_factory=list)
-    """Every evaluation: {"step": ..., "eval_loss": ...}."""
+    """Every evaluation: {step, tokens, eval_loss (validation), train_loss (fixed train subset, eval mode)}."""
+    test_story_losses: dict[str, list] = field(default_factory=dict)
+    """Per test story: {loss_sum (nats), tokens}: pairs models story by story."""
+    base_test_story_losses: dict[str, list] = field(default_factory=dict)
+    """The base model's, the same way (empty when not measured)."""
     data: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
-
-    @property
-    def best_perplexity(self) -> float | None:
-        return None if self.best_eval_loss is None else math.exp(self.best_eval_loss)
-
-    @property
-    def final_perplexity(self) -> float:
-        return math.exp(self.final_eval_loss)
+    replayed_from: str | None = None
+    """Run id of the `none` run this arm was derived from by replay (None: trained itself)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["best_perplexity"] = self.best_perplexity
-        out["final_perplexity"] = self.final_perplexity
-        return out
+        return asdict(self)
 
 
-def training_arguments(config: RunConfig, output_dir: Path) -> TrainingArguments:
-    """TrainingArguments for one arm. Eval and save steps are aligned for the Trainer's checks."""
+VALIDATION, TRAIN_SUBSET = "validation", "train"
+"""Names of the two evaluation sets: the Trainer logs `eval_validation_loss` and `eval_train_loss`."""
+STOP_METRIC = f"{VALIDATION}_loss"
+
+
+def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints: bool = False) -> TrainingArguments:
+    """TrainingArguments for one arm. A checkpoint at every evaluation, so the best step always has one."""
     import torch
     from transformers import TrainingArguments
 
@@ -103,13 +111,14 @@ def training_arguments(config: RunConfig, output_dir: Path) -> TrainingArguments
         eval_strategy="steps",
         eval_steps=train.eval_steps,
         save_strategy="steps",
-        save_steps=train.checkpoint_steps,
-        save_total_limit=train.save_total_limit,
+        save_steps=train.eval_steps,
+        # Replay derives every arm's kept weights from this run's checkpoints: keep them all.
+        save_total_limit=None if keep_all_checkpoints else train.save_total_limit,
         logging_steps=train.logging_steps,
         seed=train.seed,
         # Best-checkpoint bookkeeping runs for every arm (it gives best_step); only arms that
         # keep the best load it back. The `none` arm must keep its LAST weights.
-        metric_for_best_model=stopping.metric,
+        metric_for_best_model=STOP_METRIC,
         greater_is_better=False,
         load_best_model_at_end=keeps_best(stopping),
         # The patience counter lives in the callback: restore it on resume (transformers #28544).
@@ -141,12 +150,9 @@ def _deepspeed_cpu_workaround(use_cpu: bool) -> dict[str, Any]:
 
 
 def early_stopping_callbacks(stopping: EarlyStoppingConfig) -> list[TrainerCallback]:
-    from transformers import EarlyStoppingCallback
-
     if not stopping.enabled:
         return []
-    return [EarlyStoppingCallback(early_stopping_patience=stopping.patience,
-                                  early_stopping_threshold=stopping.threshold)]
+    return [StoppingCallback(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.threshold)]
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
@@ -155,13 +161,24 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def build_trainer(config: RunConfig, run_dir: RunDir,
-                  extra_callbacks: Sequence[TrainerCallback] = ()) -> tuple[Trainer, DataSummary, str]:
-    """The Trainer for this run, its data summary and the base model it starts from."""
+@dataclass
+class Prepared:
+    """A Trainer ready to train one arm, and what it was built from."""
+
+    trainer: Trainer
+    summary: DataSummary
+    base: str
+    test_blocks: Any
+    """The packed test stories with their story ids (`heldout.score_stories`)."""
+
+
+def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[TrainerCallback] = (),
+                  keep_all_checkpoints: bool = False) -> Prepared:
+    """The Trainer for this run: validation AND a fixed train subset of the same size at every evaluation."""
     from accelerate import PartialState
     from transformers import Trainer, set_seed
 
-    args = training_arguments(config, run_dir.checkpoints)
+    args = training_arguments(config, run_dir.checkpoints, keep_all_checkpoints)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.name)
     with PartialState().main_process_first():  # rank 0 builds the cache, the others read it
@@ -171,97 +188,163 @@ def build_trainer(config: RunConfig, run_dir: RunDir,
     validation = splits["validation"]
     if config.train.max_eval_blocks is not None:
         validation = validation.select(range(min(len(validation), config.train.max_eval_blocks)))
+    # The same blocks at every evaluation (the first ones: stories were shuffled by the split seed).
+    train_subset = splits["train"].select(range(min(len(splits["train"]), len(validation))))
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=splits["train"],
-        eval_dataset=validation,
+        eval_dataset={VALIDATION: validation, TRAIN_SUBSET: train_subset},  # validation first: it decides
         data_collator=lm_collator,
         processing_class=tokenizer,
         callbacks=[*early_stopping_callbacks(config.early_stopping), *extra_callbacks],
     )
-    return trainer, summary, base
+    return Prepared(trainer, summary, base, splits["test_blocks"])
 
 
-def finetune(config: RunConfig, run_dir: RunDir,
-             extra_callbacks: Sequence[TrainerCallback] = ()) -> FinetuneResult:
-    """Train one arm to its stop, resuming from the run directory's last checkpoint if any."""
-    trainer, summary, base = build_trainer(config, run_dir, extra_callbacks)
+def validation_loss(trainer: Trainer) -> float:
+    """The stopping criterion of the trainer's current weights (not logged, not counted against patience)."""
+    dataset = trainer.eval_dataset[VALIDATION]
+    return trainer.evaluate(eval_dataset=dataset, metric_key_prefix="kept")["kept_loss"]
+
+
+def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[TrainerCallback] = (),
+             keep_all_checkpoints: bool = False) -> tuple[FinetuneResult, Prepared]:
+    """Train one arm to its stop, resuming from the run directory's last checkpoint if any; then
+    score the kept weights on the validation blocks (the criterion) and the test stories (the result)."""
+    prepared = build_trainer(config, run_dir, extra_callbacks, keep_all_checkpoints)
+    trainer = prepared.trainer
     resume_from = last_checkpoint(run_dir.checkpoints)
     # The base model's loss before any step. Skipped on resume (it was measured then) and under
     # DeepSpeed, whose engine only exists once training starts (evaluating first needs ZeRO-3).
     measure_base = not resume_from and not config.train.deepspeed
-    base_eval_loss = trainer.evaluate()["eval_loss"] if measure_base else None
+    base_eval_loss = validation_loss(trainer) if measure_base else None
+    base_stories = score_stories(trainer, prepared.test_blocks, prepared.summary.stories["test"]) if measure_base \
+        else None
     if trainer.is_world_process_zero():
-        log.info(describe_budget(config.train, config.data.block_size, trainer.args.world_size, summary))
+        log.info(describe_budget(config.train, trainer.args, tokens_per_step(trainer.args, config), prepared.summary))
         if resume_from:
-            log.info("Resuming from %s", resume_from)
+            log.info("Resuming from %s (step %s)", resume_from, _checkpoint_step(resume_from))
 
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from and stopped_at(resume_from, config.early_stopping):
+        # Killed after its stopping evaluation: `train()` would reset should_training_stop and train
+        # on (transformers #10290). Finish from the checkpoint instead.
+        log.info("%s is the stopping evaluation's checkpoint: finishing without training further", resume_from)
+        finish_from_checkpoint(trainer, resume_from, config.early_stopping)
+    else:
+        trainer.train(resume_from_checkpoint=resume_from)
     wall_time_s = time.perf_counter() - started
 
-    # Snapshot before the final evaluation: it would count against patience and log a point.
-    history, patience = eval_history(trainer.state.log_history), _patience_counter(trainer)
-    final_eval_loss = trainer.evaluate()["eval_loss"]
+    # Snapshot before the next evaluations: they would log points.
+    history, patience = eval_history(trainer.state.log_history, tokens_per_step(trainer.args, config)), \
+        _patience_counter(trainer)
+    kept_eval_loss = validation_loss(trainer)
+    story_losses = score_stories(trainer, prepared.test_blocks, prepared.summary.stories["test"])
     trainer.save_model(str(run_dir.model))  # rank 0 writes; gathers ZeRO-3 shards when needed
-    return collect_result(config, trainer, summary, base, base_eval_loss, final_eval_loss,
-                          wall_time_s, history, patience, resume_from, run_dir)
+    result = collect_result(config, trainer, prepared, base_eval_loss, kept_eval_loss, story_losses,
+                            wall_time_s, history, patience, resume_from, run_dir)
+    if base_stories is not None:
+        result.base_test_loss = test_loss_interval(base_stories, seed=config.train.seed)
+        result.base_test_story_losses = base_stories.to_dict()
+    return result, prepared
 
 
-def collect_result(config: RunConfig, trainer: Trainer, summary: DataSummary, base: str,
-                   base_eval_loss: float | None, final_eval_loss: float, wall_time_s: float,
+def tokens_per_step(args: TrainingArguments, config: RunConfig) -> int:
+    """Tokens in one optimiser step: blocks per device x accumulation x processes x block size."""
+    blocks = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return blocks * config.data.block_size
+
+
+def stopped_at(checkpoint: str, stopping: EarlyStoppingConfig) -> bool:
+    """Did the run stop at this checkpoint's evaluation? (its saved patience counter reached patience)"""
+    if not stopping.enabled:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    for name, saved in (state.get("stateful_callbacks") or {}).items():
+        if "EarlyStopping" in name or "Stopping" in name:
+            saved = saved[0] if isinstance(saved, list) else saved
+            counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
+            return counter >= stopping.patience
+    return False
+
+
+def finish_from_checkpoint(trainer: Trainer, checkpoint: str, stopping: EarlyStoppingConfig) -> None:
+    """Load the checkpoint's state (and the weights the arm keeps) without training."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    kept = trainer.state.best_model_checkpoint if keeps_best(stopping) else checkpoint
+    load_weights(trainer.model, Path(kept or checkpoint))
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, StoppingCallback):
+            callback.early_stopping_patience_counter = stopping.patience or 0
+
+
+def load_weights(model: Any, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model` in place (tied embeddings are stored once)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+        raise RuntimeError(f"checkpoint {checkpoint} does not match the model: missing {missing}, "
+                           f"unexpected {unexpected}")
+
+
+def collect_result(config: RunConfig, trainer: Trainer, prepared: Prepared, base_eval_loss: float | None,
+                   kept_eval_loss: float, story_losses: StoryLosses, wall_time_s: float,
                    history: list[dict[str, float]], patience: int | None, resume_from: str | None,
                    run_dir: RunDir) -> FinetuneResult:
     state, args = trainer.state, trainer.args
-    tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps
-                       * args.world_size * config.data.block_size)
-    stopped_early = state.global_step < config.train.max_steps
+    per_step = tokens_per_step(args, config)
     kept_best = keeps_best(config.early_stopping) and state.best_global_step
-    kept_step = state.best_global_step if kept_best else state.global_step
     resumed_steps = _checkpoint_step(resume_from)
     steps_this_process = state.global_step - (resumed_steps or 0)
     return FinetuneResult(
         variant=config.early_stopping.variant,
         seed=config.train.seed,
-        base_model=base,
+        base_model=prepared.base,
         max_steps=config.train.max_steps,
-        steps_run=state.global_step,
         stop_step=state.global_step,
-        stopped_early=stopped_early,
+        stopped_early=state.global_step < config.train.max_steps,
         best_step=state.best_global_step,
         best_eval_loss=state.best_metric,
-        final_eval_loss=final_eval_loss,
-        kept_step=kept_step,
+        kept_step=state.best_global_step if kept_best else state.global_step,
+        kept_eval_loss=kept_eval_loss,
+        test_loss=test_loss_interval(story_losses, seed=config.train.seed),
         base_eval_loss=base_eval_loss,
+        base_test_loss=None,
         patience_counter_at_stop=patience,
-        train_tokens_seen=state.global_step * tokens_per_step,
-        tokens_per_step=tokens_per_step,
+        train_tokens=state.global_step * per_step,
+        tokens_per_step=per_step,
         total_flos=float(state.total_flos),
         wall_time_s=wall_time_s,
-        tokens_per_s=steps_this_process * tokens_per_step / wall_time_s if wall_time_s > 0 else 0.0,
+        tokens_per_s=steps_this_process * per_step / wall_time_s if wall_time_s > 0 else 0.0,
         resumed_from_step=resumed_steps,
         model_path=str(run_dir.model),
         eval_history=history,
-        data=asdict(summary),
+        test_story_losses=story_losses.to_dict(),
+        data=asdict(prepared.summary),
         world_size=args.world_size,
     )
 
 
-def eval_history(log_history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """One point per evaluation logged so far, by step."""
-    points: dict[int, float] = {}
+def eval_history(log_history: list[dict[str, float]], per_step: int) -> list[dict[str, float]]:
+    """One point per evaluation logged so far, by step: validation and train-subset loss."""
+    points: dict[int, dict[str, float]] = {}
     for entry in log_history:
-        if "eval_loss" in entry:
-            points[int(entry["step"])] = float(entry["eval_loss"])
-    return [{"step": step, "eval_loss": loss} for step, loss in sorted(points.items())]
+        for key, name in ((f"eval_{VALIDATION}_loss", "eval_loss"), (f"eval_{TRAIN_SUBSET}_loss", "train_loss")):
+            if key in entry:
+                step = int(entry["step"])
+                points.setdefault(step, {"step": step, "tokens": step * per_step})[name] = float(entry[key])
+    return [points[step] for step in sorted(points)]
 
 
 def _patience_counter(trainer: Trainer) -> int | None:
-    from transformers import EarlyStoppingCallback
-
     for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, EarlyStoppingCallback):
+        if isinstance(callback, StoppingCallback):
             return callback.early_stopping_patience_counter
     return None
 
@@ -270,15 +353,15 @@ def _checkpoint_step(path: str | None) -> int | None:
     return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
 
-def describe_budget(train: TrainConfig, block_size: int, world_size: int, summary: DataSummary) -> str:
+def describe_budget(train: TrainConfig, args: TrainingArguments, per_step: int, summary: DataSummary) -> str:
     """The derived numbers, printed once (nanoGPT habit): what one step and the budget mean."""
-    tokens_per_step = train.batch_size * train.gradient_accumulation_steps * world_size * block_size
-    epochs = train.max_steps * tokens_per_step / max(1, summary.tokens["train"])
+    epochs = train.max_steps * per_step / max(1, summary.tokens["train"])
     return (f"data: {summary.stories['train']} train / {summary.stories['validation']} validation / "
-            f"{summary.stories['test']} test stories, {summary.blocks['train']} train blocks of {block_size} tokens\n"
-            f"budget: {train.max_steps} steps x {tokens_per_step} tokens/step "
-            f"({train.batch_size} blocks x {train.gradient_accumulation_steps} accumulation x {world_size} "
-            f"processes) = {train.max_steps * tokens_per_step:,} tokens, {epochs:.1f} epochs; "
+            f"{summary.stories['test']} test stories, {summary.blocks['train']} train blocks of "
+            f"{summary.block_size} tokens\n"
+            f"budget: {train.max_steps} steps x {per_step} tokens/step "
+            f"({train.batch_size} blocks x {train.gradient_accumulation_steps} accumulation x {args.world_size} "
+            f"processes) = {train.max_steps * per_step:,} tokens, {epochs:.1f} epochs; "
             f"eval every {train.eval_steps} steps")
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storytune.config import GPT2_NAMES, ModelConfig, TinyModelConfig
+from storytune.errors import first_line
+from storytune.paths import save_dir_atomically
 from storytune.train.hub import hub_reachable
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
             tokenizer = AutoTokenizer.from_pretrained(name)
         except OSError as err:
             if not is_gpt2_name(name):
-                raise ModelLoadError(f"cannot load tokenizer {name!r}: {_first_line(err)}") from None
-            log.warning("tokenizer %r not loadable (%s); using GPT-2's shipped vocabulary", name, _first_line(err))
+                raise ModelLoadError(f"cannot load tokenizer {name!r}: {first_line(err)}") from None
+            log.warning("tokenizer %r not loadable (%s); using GPT-2's shipped vocabulary", name, first_line(err))
             return shipped_gpt2_tokenizer()
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -81,7 +82,7 @@ def load_model(name_or_path: str) -> PreTrainedModel:
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {name_or_path!r}: {_first_line(err)}") from None
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first_line(err)}") from None
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -97,10 +98,6 @@ def context_length(model: PreTrainedModel) -> int | None:
 def _unreachable_message(what: str, name: str) -> str:
     return (f"cannot load {what} {name!r}: it is not a local path and the Hugging Face Hub is "
             "unreachable (or HF_HUB_OFFLINE=1). Use a local path, or model.name=tiny for an offline run.")
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def tiny_config_dict(tiny: TinyModelConfig) -> dict[str, int]:
@@ -134,18 +131,13 @@ def resolve_base_model(model: ModelConfig, root: str | Path) -> str:
         return model.name
     target = Path(root) / "base-models" / f"tiny-{tiny_fingerprint(model.tiny)}"
     if not (target / "config.json").exists():
-        _save_atomically(build_tiny_model(model.tiny), shipped_gpt2_tokenizer(), target)
+        weights, tokenizer = build_tiny_model(model.tiny), shipped_gpt2_tokenizer()
+
+        def write(folder: Path) -> None:
+            weights.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        save_dir_atomically(target, write)  # jobs of a grid may build it at once; theirs are identical
     return str(target)
 
 
-def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, target: Path) -> None:
-    """Write to a temporary sibling and rename, so a half-written base model never looks complete."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another job saved the same weights first; theirs are identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,10 @@ import os
 import re
 from pathlib import Path
 
-from storytune.cluster.executors import SlurmExecutor, submitit_parameters
-from storytune.paths import write_json_atomic
+from storytune.cluster.executors import SlurmExecutor, slurm_states, submitit_parameters
+from storytune.cluster.status import format_status, grid_status
+from storytune.cluster.worker import write_manifest
+from storytune.paths import GridDir, write_json_atomic
 from storytune.study.grid import ResourcesConfig, expand_grid
 from storytune.study.plan import make_plan
 
@@ -99,3 +101,68 @@ def test_resubmission_skips_done_and_queued(tmp_path: Path) -> None:
     names = [names for names, _ in failed.calls]
     assert names[0] == [j.name for j in plan.finetunes[1:]]
     assert failed.calls[1][1] == "aftercorr:100"
+
+
+# What `sacct -o JobID,State,NodeList --parsable2` prints for: an array 100 of four tasks, two started
+# (one still running, with its batch step) and two not yet (`_[2-3%2]`: one pending line, throttled),
+# and a job 101 cancelled by user 0.
+SACCT_OUTPUT = """JobID|State|NodeList
+100_[2-3%2]|PENDING|None assigned
+100_0|RUNNING|node1
+100_0.batch|RUNNING|node1
+100_1|COMPLETED|node1
+101|CANCELLED by 0|node1
+"""
+
+
+def fake_sacct(tmp_path: Path, monkeypatch) -> Path:
+    """A `sacct` on PATH that prints SACCT_OUTPUT and records its arguments. A stand-in: the real
+    one needs a Slurm cluster with accounting (test_launch_slurm.py checks status there), and a
+    pending throttled array cannot be produced on demand."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sacct-calls"
+    script = bin_dir / "sacct"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\ncat <<'EOF'\n{SACCT_OUTPUT}EOF\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def test_slurm_states_expand_arrays_in_one_sacct_call(tmp_path: Path, monkeypatch) -> None:
+    calls = fake_sacct(tmp_path, monkeypatch)
+    states = slurm_states(["100_0", "100_1", "100_2", "100_3", "101", "102"])
+    assert states == {"100_0": "RUNNING", "100_1": "COMPLETED", "100_2": "PENDING", "100_3": "PENDING",
+                      "101": "CANCELLED"}  # 102: unknown to sacct, left out
+    [call] = calls.read_text().splitlines()
+    assert sorted(call.split()[-6:][1::2]) == ["100", "101", "102"]  # `-j <base id>` each, once
+    assert slurm_states([]) == {}
+
+
+def test_no_sacct_means_no_states(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there: off Slurm
+    assert slurm_states(["100_0"]) == {}
+
+
+def test_status_reads_outputs_submissions_and_sacct(tmp_path: Path, monkeypatch) -> None:
+    fake_sacct(tmp_path, monkeypatch)
+    plan = make_plan(grid(tmp_path / "out"))
+    write_manifest(plan)
+    finetunes, evals = plan.finetunes, plan.evaluations
+    ids = {finetunes[i].name: f"100_{i}" for i in range(4)} | {evals[0].name: "101", evals[1].name: "102"}
+    grid_dir = GridDir(plan.root)
+    write_json_atomic(grid_dir.submissions, {name: {"job_id": job_id} for name, job_id in ids.items()})
+    write_json_atomic(finetunes[1].output, {"done": True})
+    logs = grid_dir.job_logs("101")
+    logs.mkdir(parents=True)
+    (logs / "101_0_log.err").write_text("loading\n\nslurmstepd: *** JOB 101 CANCELLED ***\n")
+
+    statuses = grid_status(plan.root)
+    states = {s.name: s.state for s in statuses}
+    assert [states[job.name] for job in finetunes] == ["running", "done", "queued", "queued"]
+    assert [states[job.name] for job in evals] == ["failed (cancelled)", "unknown", "not submitted", "not submitted"]
+    assert states["aggregate"] == "not submitted"
+    text = format_status(statuses)
+    assert f"{evals[0].name.ljust(max(len(n) for n in states))}  {'failed (cancelled)':<28} 101" in text
+    assert "    | loading\n    | slurmstepd: *** JOB 101 CANCELLED ***" in text
+    assert text.splitlines()[-1] == "1 done, 1 failed, 4 not, 2 queued, 1 running, 1 unknown"

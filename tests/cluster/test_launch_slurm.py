@@ -36,7 +36,7 @@ def wait_for(path: Path, timeout_s: float = TIMEOUT_S) -> None:
 
 
 def wait_until_finished(job_id: str, timeout_s: float = 120) -> None:
-    """comparison.json appears before the aggregation job has left Slurm's queue."""
+    """summary.json appears before the aggregation job has left Slurm's queue."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
@@ -63,11 +63,12 @@ def test_tiny_grid_end_to_end_on_slurm(slurm_cluster, stories_dir: Path, tmp_pat
     finetune_ids = {v["job_id"] for k, v in record.items() if k.startswith("finetune/")}
     assert len(finetune_ids) == 4 and len({i.split("_")[0] for i in finetune_ids}) == 1, "one array"
 
-    wait_for(root / "report" / "comparison.json")
-    comparison = json.loads((root / "report" / "comparison.json").read_text())
-    assert comparison["failed"] == []
-    assert [r["variant"] for r in comparison["rows"]] == ["none", "patience1-thr0.05"]
-    assert all(r["seeds_done"] == 2 for r in comparison["rows"])
+    wait_for(root / "report" / "summary.json")
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["cells"]["failed"] == []
+    assert [a["variant"] for a in summary["arms"]] == ["none", "patience1-thr0.05"]
+    assert all(a["n_seeds"] == 2 for a in summary["arms"])
+    assert (root / "report" / "report.html").exists()
     assert (root / "base" / "eval" / "eval.json").exists()
     assert len(list(root.glob("*/eval/eval.json"))) == 4 + 1  # every cell and the base model
     assert "done" in status(root)
@@ -90,10 +91,11 @@ def test_failed_cell_is_reported_and_others_kept(slurm_cluster, stories_dir: Pat
     result = submit(grid, *overrides, env_extra=env)
     assert result.returncode == 0, result.stdout + result.stderr
     root = tmp_path / "tiny"
-    wait_for(root / "report" / "comparison.json")
-    comparison = json.loads((root / "report" / "comparison.json").read_text())
-    assert len(comparison["failed"]) == 2  # both arms' 5000-story cells
-    assert sum(r["seeds_done"] for r in comparison["rows"]) == 2
+    wait_for(root / "report" / "summary.json")
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert len(summary["cells"]["failed"]) == 2  # both arms' 5000-story cells
+    assert sum(a["n_seeds"] for a in summary["arms"]) == 2
+    assert any("2 of 4 cells have no result" in w for w in summary["warnings"])
     text = status(root)
     assert "failed" in text and "only" in text, text  # the failed job's log tail names the problem
 

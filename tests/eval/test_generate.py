@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from storytune.eval.generate import (
     Prompt,
     encode_prompts,
     first_sentence_end,
-    generate_continuations,
     generate_tokens,
     make_prompts,
     max_prompt_tokens,
@@ -121,6 +121,17 @@ def test_same_seed_gives_identical_samples(model, tokenizer):
                            progress=False) != first
 
 
+def test_a_prompts_sample_does_not_depend_on_batch_size_or_batch_mates(model, tokenizer):
+    """Seeds are per prompt: 32 prompts one at a time, in batches of 5 and in one batch of 32
+    (left-padded to different widths) give identical samples."""
+    prompts = [f"{p} {i}" * (1 + i % 3) for i, p in enumerate(PROMPTS * 8)]
+    s = settings(do_sample=True, top_p=0.9, seed=5, max_new_tokens=8)
+    batched = generate_tokens(model, tokenizer, prompts, replace(s, batch_size=32), progress=False)
+    assert generate_tokens(model, tokenizer, prompts, replace(s, batch_size=5), progress=False) == batched
+    assert generate_tokens(model, tokenizer, prompts, replace(s, batch_size=1), progress=False) == batched
+    assert len({tuple(row) for row in batched}) == len(prompts)
+
+
 def test_generation_leaves_global_rng_and_tokenizer_alone(model, tokenizer):
     side = tokenizer.padding_side
     state = torch.get_rng_state()
@@ -137,14 +148,16 @@ def test_greedy_batched_with_left_padding_equals_one_at_a_time(model, tokenizer)
     assert len({tuple(row) for row in batched}) == len(PROMPTS)  # not a degenerate model
 
 
-def test_continuations_are_new_text_only(model, tokenizer):
-    s = settings(do_sample=False)
-    texts = generate_continuations(model, tokenizer, PROMPTS, s, progress=False)
-    raw = generate_continuations(model, tokenizer, PROMPTS, s, strip=False, progress=False)
+def test_greedy_tokens_equal_transformers_generate(model, tokenizer):
+    """New tokens only (the prompt is not repeated), cut at EOS, as transformers' greedy generate."""
+    s = settings(do_sample=False, max_new_tokens=10)
     tokens = generate_tokens(model, tokenizer, PROMPTS, s, progress=False)
-    assert texts == [t.strip() for t in raw]
-    assert raw == [tokenizer.decode(row) for row in tokens]
-    assert all(len(row) <= s.max_new_tokens and GPT2_EOS_ID not in row for row in tokens)
+    for prompt, row in zip(PROMPTS, tokens, strict=True):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                  eos_token_id=GPT2_EOS_ID, pad_token_id=GPT2_EOS_ID)[0, ids.shape[1]:]
+        assert row == trim_at_eos(expected.tolist(), GPT2_EOS_ID)
+        assert len(row) <= s.max_new_tokens and GPT2_EOS_ID not in row
 
 
 def test_too_long_prompt_is_truncated_from_the_left(model, tokenizer, caplog):

@@ -8,7 +8,7 @@ import yaml
 from storytune.config import ConfigError
 from storytune.study.grid import expand_grid, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def grid_dict(**changes) -> dict:

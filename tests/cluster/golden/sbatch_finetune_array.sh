@@ -19,6 +19,8 @@
 #SBATCH --wckey=submitit
 
 # setup
+export MALLOC_MMAP_MAX_=0
+export MALLOC_TRIM_THRESHOLD_=68719476736
 module load cuda/12.4
 source .venv/bin/activate
 

@@ -1,0 +1,49 @@
+"""What the README demo must show, checked on its output (CI runs it right after the demo):
+
+    STORYTUNE_DEMO_DIR=runs/demo python -m pytest -m demo tests/test_demo_output.py
+
+Skipped unless STORYTUNE_DEMO_DIR names a finished demo grid."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from storytune.paths import GridDir
+
+pytestmark = pytest.mark.demo
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    root = os.environ.get("STORYTUNE_DEMO_DIR")
+    if not root:
+        pytest.skip("STORYTUNE_DEMO_DIR is not set (run the README demo first)")
+    grid = GridDir(Path(root))
+    assert grid.summary.exists(), f"the demo wrote no {grid.summary}"
+    return json.loads(grid.summary.read_text())
+
+
+def test_every_cell_finished_with_two_seeds(summary: dict) -> None:
+    assert summary["cells"]["finished"] == summary["cells"]["expected"] and not summary["cells"]["failed"]
+    assert len(summary["seeds"]) >= 2 and summary["study_mode"] == "replay"
+
+
+def test_the_none_arm_overfits(summary: dict) -> None:
+    """Its validation minimum lies before its last evaluation, and it ends >= 0.05 nats above it, every seed."""
+    none = next(arm for arm in summary["arms"] if arm["variant"] == "none")
+    for curve in none["curves"]:
+        losses = [(p["step"], p["eval_loss"]) for p in curve["history"]]
+        best_step, best = min(losses, key=lambda p: p[1])
+        assert best_step < losses[-1][0], f"seed {curve['seed']}: no minimum before the end"
+        assert losses[-1][1] - best >= 0.05, f"seed {curve['seed']}: rose only {losses[-1][1] - best:.3f} nats"
+    assert any("the `none` arm overfits" in finding for finding in summary["findings"])
+
+
+def test_the_report_was_rendered(summary: dict) -> None:
+    report = GridDir(Path(os.environ["STORYTUNE_DEMO_DIR"])).report
+    assert (report / "report.html").stat().st_size > 10_000 and (report / "report.md").exists()
+    assert all(arm["test_loss"] and arm["test_loss"]["ci_low"] is not None for arm in summary["arms"])

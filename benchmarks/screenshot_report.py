@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from storytune.paths import REPORT_HTML as HTML_FILE  # noqa: E402
 from storytune.paths import GridDir  # noqa: E402
-from storytune.study.report import HTML_FILE  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -62,8 +62,14 @@ class _Checks:
         self.problems: list[Problem] = []
 
     def require(self, ok: bool, key: str, message: str) -> None:
-        if not ok:
+        # One message per key: a value already reported is not reported again by a later check.
+        if not ok and self.valid(key):
             self.problems.append(Problem(key, message))
+
+    def valid(self, *keys: str) -> bool:
+        """None of `keys` has a problem yet: checks across keys run only on values that passed their own
+        (no knock-on message such as "eval_steps must be <= max_steps=0" after max_steps=0 was reported)."""
+        return not any(p.path in keys for p in self.problems)
 
     def positive_int(self, key: str, value: Any) -> None:
         self.require(_is_int(value) and value > 0, key, f"must be a positive integer, got {value!r}")
@@ -111,7 +117,7 @@ class TinyModelConfig:
         c = _Checks()
         for key in ("n_layer", "n_embd", "n_head", "n_positions"):
             c.positive_int(key, getattr(self, key))
-        if _is_int(self.n_embd) and _is_int(self.n_head) and self.n_head > 0:
+        if c.valid("n_embd", "n_head"):
             c.require(self.n_embd % self.n_head == 0, "n_embd",
                       f"must be divisible by n_head={self.n_head}, got {self.n_embd}")
         c.done()
@@ -177,7 +183,7 @@ class DataConfig:
         c.positive_int("test_stories", self.test_stories)
         c.positive_int("block_size", self.block_size)
         c.positive_int("num_proc", self.num_proc)
-        if _is_int(self.max_stories) and _is_int(self.validation_stories) and _is_int(self.test_stories):
+        if self.max_stories is not None and c.valid("max_stories", "validation_stories", "test_stories"):
             held_out = self.validation_stories + self.test_stories
             c.require(self.max_stories > held_out, "max_stories",
                       f"must exceed validation_stories + test_stories = {held_out} so some stories "
@@ -243,11 +249,11 @@ class TrainConfig:
             c.positive_int("max_eval_blocks", self.max_eval_blocks)
         if self.save_steps is not None:
             c.positive_int("save_steps", self.save_steps)
-            if _is_int(self.save_steps) and _is_int(self.eval_steps) and self.eval_steps > 0:
+            if c.valid("save_steps", "eval_steps"):
                 c.require(self.save_steps == self.eval_steps, "save_steps",
                           f"must equal eval_steps={self.eval_steps} (a checkpoint at every evaluation, so the "
                           f"best step's weights are on disk), got {self.save_steps}; leave it unset")
-        if _is_int(self.eval_steps) and _is_int(self.max_steps) and self.eval_steps > 0:
+        if c.valid("eval_steps", "max_steps"):
             if self.eval_steps > self.max_steps:
                 c.require(False, "eval_steps", f"must be <= max_steps={self.max_steps} or no evaluation happens, "
                                                f"got {self.eval_steps}")
@@ -450,11 +456,15 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    problems.extend(Problem(_join(path, name), f"required key is missing; add `{name}: ...`") for name in missing)
     kwargs: dict[str, Any] = {}
     for key, raw in data.items():
         key_path = _join(path, str(key))
         if key not in fields:
-            problems.append(Problem(key_path, f"unknown key; valid keys: {', '.join(fields)}"))
+            problems.append(Problem(key_path, unknown_key_message(str(key), list(fields))))
             continue
         before = len(problems)
         converted = _convert(hints[key], raw, key_path, problems)
@@ -462,12 +472,27 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
         # checks across sections do not report problems that only the fallback would have.
         if len(problems) == before or dataclasses.is_dataclass(hints[key]):
             kwargs[key] = converted
+    if missing:
+        return None  # the section cannot be built; its problems are recorded
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        problems.extend(err.prefixed(path))
+        # A key already reported (a bad value inside a section) is not reported again by a check
+        # across sections that saw the section's default in its place.
+        reported = {p.path for p in problems}
+        problems.extend(p for p in err.prefixed(path) if p.path not in reported)
         # Keep walking the rest of the tree: rebuild this section from the values that passed.
         return _best_effort(cls, kwargs, err)
+
+
+def unknown_key_message(key: str, valid: list[str], section: str = "") -> str:
+    """`unknown key; did you mean `seed`? valid keys of `train`: ...` (a suggestion only for a close spelling)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    of = f" of `{section}`" if section else ""
+    return f"unknown key; {hint}valid keys{of}: {', '.join(valid)}"
 
 
 def _best_effort(cls: type, kwargs: dict[str, Any], err: ConfigError) -> Any:
@@ -525,9 +550,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a one-problem ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("", f"config file not found: {path}")]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([Problem("", f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                                       f"{err.start}); save it as UTF-8")]) from None
     except OSError as err:
         raise ConfigError([Problem("", f"cannot read config file {path}: {err.strerror}")]) from None
     try:
@@ -537,10 +565,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError([Problem("", f"malformed YAML in {path}{where}: {problem}")]) from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file, or comments only: almost always a mistake (wrong file, failed copy)
+        raise ConfigError([Problem("", f"{path} is empty: it must hold a mapping of keys to values "
+                                       "(e.g. `train:` with `max_steps: 100` under it)")])
     if not isinstance(data, dict):
-        raise ConfigError([Problem("", f"{path} must hold a mapping of sections, got {type(data).__name__}")])
+        raise ConfigError([Problem("", f"{path} must hold a mapping of keys to values (`key: value` lines), "
+                                       f"got a YAML {type(data).__name__}")])
     return data
 
 

@@ -224,14 +224,46 @@ class SlurmExecutor(Executor):
         return {job.name: handle.job_id for job, handle in zip(jobs, handles)}
 
     def sbatch_preview(self) -> str:
-        """The sbatch script submitit would write for the fine-tune array (nothing is submitted,
-        and no Slurm is needed: submitit's own template is filled with the same parameters)."""
+        """The sbatch script submitit would write for the fine-tune array (see `stages` for all)."""
+        return self.stages()[0].script
+
+    def stages(self) -> list[Stage]:
+        """What `submit` would ask Slurm for, stage by stage, without submitting (no Slurm needed):
+        each stage's jobs, resources, dependency and sbatch script. Job ids are not known before
+        submission, so dependencies name the stage they wait for (`aftercorr:FINETUNE_ID`)."""
+        name = self.plan.grid_name
+        finetunes = self.plan.pending("finetune")
+        evals = self.plan.pending("evaluate")
+        pending_finetunes = {job.name for job in finetunes}
+        paired = [job for job in evals if job.depends_on[0] in pending_finetunes]
+        one_to_one = [job.depends_on[0] for job in paired] == [job.name for job in finetunes]
+        stages = [Stage("finetune", f"{name}-finetune", len(finetunes), self.resources, None)]
+        if evals:
+            # As `submit`: task i after fine-tune task i (`aftercorr`); replay: after the whole array.
+            dependency = f"{'aftercorr' if one_to_one else 'afterok'}:{placeholder('finetune')}" if paired else None
+            stages.append(Stage("evaluate", f"{name}-evaluate", len(evals), self.eval_resources, dependency,
+                                note=f"{len(evals) - len(paired)} of them after fine-tunes finished earlier"
+                                if len(paired) < len(evals) else ""))
+        if self.plan.base_evaluation and not self.plan.base_evaluation.done:
+            stages.append(Stage("evaluate_base", f"{name}-base", 1, self.eval_resources, None))
+        # afterany: the aggregation runs even when jobs fail, and reports the failed cells.
+        upstream = {job.kind for job in self.plan.jobs if job.name in self.plan.aggregation.depends_on and not job.done}
+        waits = [placeholder(stage.kind) for stage in stages if stage.jobs and stage.kind in upstream]
+        stages.append(Stage("aggregate", f"{name}-aggregate", 1, self.eval_resources,
+                            "afterany:" + ":".join(waits) if waits else None))
+        for stage in stages:
+            stage.script = self.sbatch_script(stage.resources, stage.job_name, stage.jobs, stage.dependency)
+        return stages
+
+    def sbatch_script(self, resources: ResourcesConfig, name: str, count: int, dependency: str | None) -> str:
+        """The sbatch script submitit would write for `count` jobs (an array when more than one): its
+        own template (private `_make_sbatch_string`, submitit 1.5) filled with the same parameters."""
         import shlex
 
         import_submitit()
         from submitit.slurm import slurm
 
-        generic = with_fast_allocator(submitit_parameters(self.resources, f"{self.plan.grid_name}-finetune"))
+        generic = with_fast_allocator(submitit_parameters(resources, name, dependency))
         renames = slurm.SlurmExecutor._equivalence_dict()
         params = {(key.removeprefix("slurm_") if key.startswith("slurm_") else renames[key]): value
                   for key, value in generic.items()}
@@ -239,8 +271,40 @@ class SlurmExecutor(Executor):
             params["mem"] = slurm._convert_mem(params["mem"])
         folder = self.folder / "%j"
         command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-        count = max(1, len(self.plan.pending("finetune")))
-        return slurm._make_sbatch_string(command=command, folder=folder, map_count=count, **params)
+        # submitit submits a one-job map_array as a plain job, not an array of one.
+        return slurm._make_sbatch_string(command=command, folder=folder, map_count=count if count > 1 else None,
+                                         **params)
+
+
+def placeholder(kind: str) -> str:
+    """Stands for a stage's job id in a dry run (`FINETUNE_ID`); plain letters, so sbatch lines stay unquoted."""
+    return f"{kind.upper()}_ID"
+
+
+@dataclass
+class Stage:
+    """One sbatch submission of a plan: an array (or single job) of one kind."""
+
+    kind: str
+    job_name: str
+    jobs: int
+    resources: ResourcesConfig
+    dependency: str | None
+    """Slurm dependency with stage placeholders (`aftercorr:FINETUNE_ID`); None = starts at once."""
+    note: str = ""
+    script: str = ""
+
+    def summary(self) -> str:
+        """`finetune  4 jobs (array 0-3%3)  2 nodes x 4 GPUs, 6 CPUs/task, 200 GB, 90 min  after: -`"""
+        r = self.resources
+        shape = f"array 0-{self.jobs - 1}%{min(r.array_parallelism, self.jobs)}" if self.jobs > 1 else "single job"
+        gpus = f" x {r.gpus_per_node} GPUs" if r.gpus_per_node else ""
+        mem = f", {r.mem_gb:g} GB" if r.mem_gb is not None else ""
+        where = f", partition {r.partition}" if r.partition else ""
+        note = f" ({self.note})" if self.note else ""
+        jobs = f"{self.jobs:>3} job{'s' if self.jobs != 1 else ' '}"
+        return (f"{self.kind:<14} {jobs} ({shape}); {r.nodes} node(s){gpus}, {r.cpus_per_task} CPUs/task{mem}, "
+                f"{r.time_min} min{where}; after: {self.dependency or '-'}{note}")
 
 
 def read_submissions(path: Path) -> dict[str, dict[str, Any]]:

@@ -6,8 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from storytune.cluster.executors import EXECUTORS, SlurmExecutor, Submitted, default_executor_name
+from storytune.cluster.executors import EXECUTORS, SlurmExecutor, Stage, Submitted, default_executor_name
 from storytune.errors import last_line
+from storytune.paths import GridDir, OutputError
 from storytune.study.grid import Grid
 from storytune.study.plan import Plan, make_plan
 
@@ -27,9 +28,10 @@ def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = Fa
     executor_cls = EXECUTORS[executor_name]
     resources, eval_resources = grid.spec.resources, grid.eval_resources
     if dry_run:
-        preview = SlurmExecutor(plan, eval_resources, resources).sbatch_preview()
-        print("\n# sbatch script for the fine-tune array (dry run: nothing submitted)\n" + preview)
+        print(format_dry_run(SlurmExecutor(plan, eval_resources, resources).stages()))
         return 0
+    check_writable(plan.root)
+    had_manifest = GridDir(plan.root).plan.exists()
     write_manifest(plan)
     if executor_name == "slurm":
         executor = executor_cls(plan, eval_resources, resources)
@@ -39,10 +41,34 @@ def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = Fa
     try:
         outcome = executor.submit()
     except Exception as err:  # sbatch refused (bad partition, account...): say so in one line
+        if not had_manifest:  # nothing was submitted: leave no plan.json that looks like a submitted grid
+            GridDir(plan.root).plan.unlink(missing_ok=True)
         print(f"error: submission failed: {last_line(err)}", file=sys.stderr)
         return 1
     print(format_outcome(outcome, executor_name))
     return 1 if any(o.status == "failed" for o in outcome) else 0
+
+
+def check_writable(root: Path) -> None:
+    """Fail before submitting anything when the grid's root cannot be written (every job writes there)."""
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-").close()
+    except OSError as err:
+        raise OutputError(f"output directory {root} is not writable: {err.strerror}; set output_dir=... "
+                          "to a folder every node can write (e.g. on /scratch)") from None
+
+
+def format_dry_run(stages: list[Stage]) -> str:
+    """Every stage Slurm would get (jobs, resources, dependencies), then each stage's sbatch script."""
+    active = [stage for stage in stages if stage.jobs]
+    lines = ["", "# dry run: nothing submitted. Slurm stages in submission order (X_ID: stage X's job id)"]
+    lines += [f"  {stage.summary()}" for stage in active]
+    for stage in active:
+        lines += ["", f"# sbatch script: {stage.kind} ({stage.job_name})", stage.script.rstrip()]
+    return "\n".join(lines)
 
 
 def format_plan(grid: Grid, plan: Plan, executor: str) -> str:

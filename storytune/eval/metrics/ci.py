@@ -37,12 +37,13 @@ def _check_ci_args(confidence: float, n_resamples: int) -> None:
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap CI of the mean: ``(mean, low, high)``.
+    """Mean and percentile-bootstrap CI of the mean: ``(mean, low, high)`` (``scipy.stats.bootstrap``).
 
-    Resamples the values with replacement ``n_resamples`` times (``numpy.random.default_rng(seed)``)
-    and takes the ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of the resampled means.
     Raises ``ValueError`` on an empty input or on NaN/inf values (use :func:`aggregate` to drop NaNs).
+    A single value (or all-equal values) has a zero-width interval.
     """
+    from scipy.stats import bootstrap
+
     _check_ci_args(confidence, n_resamples)
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size == 0:
@@ -50,17 +51,11 @@ def bootstrap_ci(
     if not np.all(np.isfinite(arr)):
         raise ValueError("values contain NaN or inf; drop them first (aggregate() drops NaNs and reports n)")
     mean = float(arr.mean())
-    rng = np.random.default_rng(seed)
-    m = arr.size
-    chunk = max(1, min(n_resamples, 2_000_000 // m))
-    means = np.empty(n_resamples, dtype=np.float64)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        idx = rng.integers(0, m, size=(stop - start, m))
-        means[start:stop] = arr[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return mean, float(low), float(high)
+    if np.all(arr == arr[0]):  # scipy's bootstrap is degenerate here; the interval is the value
+        return mean, mean, mean
+    result = bootstrap((arr,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                       method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
+    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def aggregate(
@@ -86,51 +81,33 @@ def bootstrap_corpus_metric(
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
-    *,
-    method: str = "half",
 ) -> Aggregate:
-    """Point estimate ``fn(texts)`` with a resampling CI over texts, for corpus-level metrics.
+    """Point estimate ``fn(texts)`` with a half-sampling CI over texts, for corpus-level metrics.
 
-    ``method="half"`` (default): half-sampling. Each resample is ``m // 2`` distinct texts drawn
-    without replacement; the interval is ``fn(texts) + quantiles(theta_b - mean(theta_b)) * c`` with
-    ``c = sqrt(h / (m - h))`` (= 1 for even m). Without replacement, a half-sample mean has exactly
-    the variance of the full-sample mean (finite-population correction), and centering removes the
-    shift that corpus-size-dependent metrics (distinct-n falls and self-BLEU rises with corpus size)
-    would otherwise put into the interval. The classical bootstrap (``method="bootstrap"``, with
-    replacement, percentile interval) is available but biased for n-gram metrics: a resample
-    repeats ~37% of texts, and a duplicated text adds only repeated n-grams (distinct-n drops) and
-    is a perfect reference for its copy (self-BLEU jumps), so its interval can miss the estimate.
-    NaN results of ``fn`` on a resample are dropped. ``n`` of the result = number of texts.
+    Each resample is ``m // 2`` distinct texts drawn without replacement; the interval is
+    ``fn(texts) + quantiles(theta_b - mean(theta_b)) * c`` with ``c = sqrt(h / (m - h))`` (= 1 for
+    even m). Without replacement, a half-sample mean has exactly the variance of the full-sample
+    mean (finite-population correction), and centering removes the shift that corpus-size-dependent
+    metrics (distinct-n falls and self-BLEU rises with corpus size) would otherwise put into the
+    interval. Hand-written because no library has it; the classical with-replacement bootstrap is
+    biased for n-gram metrics: a resample repeats ~37% of texts, and a duplicated text adds only
+    repeated n-grams (distinct-n drops) and is a perfect reference for its copy (self-BLEU jumps),
+    so its interval can miss the estimate (a test shows it). NaN results of ``fn`` on a resample
+    are dropped. ``n`` of the result = number of texts.
     """
     texts = _check_texts(texts)
     _check_ci_args(confidence, n_resamples)
     m = len(texts)
+    h = m // 2
+    if h < 1:
+        raise ValueError(f"half-sampling needs at least 2 texts, got {m}")
     point = float(fn(texts))
     rng = np.random.default_rng(seed)
+    thetas = np.asarray([float(fn([texts[i] for i in rng.choice(m, size=h, replace=False)]))
+                         for _ in range(n_resamples)])
+    thetas = thetas[~np.isnan(thetas)]
+    if thetas.size == 0 or math.isnan(point):
+        return Aggregate(point, math.nan, math.nan, m)
     alpha = (1.0 - confidence) / 2.0
-    thetas = []
-    if method == "half":
-        h = m // 2
-        if h < 1:
-            raise ValueError(f"half-sampling needs at least 2 texts, got {m}")
-        for _ in range(n_resamples):
-            idx = rng.choice(m, size=h, replace=False)
-            thetas.append(float(fn([texts[i] for i in idx])))
-        arr = np.asarray(thetas)
-        arr = arr[~np.isnan(arr)]
-        if arr.size == 0 or math.isnan(point):
-            return Aggregate(point, math.nan, math.nan, m)
-        dev = (arr - arr.mean()) * math.sqrt(h / (m - h))
-        q_low, q_high = np.quantile(dev, [alpha, 1.0 - alpha])
-        return Aggregate(point, point + float(q_low), point + float(q_high), m)
-    if method == "bootstrap":
-        for _ in range(n_resamples):
-            idx = rng.integers(0, m, size=m)
-            thetas.append(float(fn([texts[i] for i in idx])))
-        arr = np.asarray(thetas)
-        arr = arr[~np.isnan(arr)]
-        if arr.size == 0:
-            return Aggregate(point, math.nan, math.nan, m)
-        low, high = np.quantile(arr, [alpha, 1.0 - alpha])
-        return Aggregate(point, float(low), float(high), m)
-    raise ValueError(f"method must be 'half' or 'bootstrap', got {method!r}")
+    q_low, q_high = np.quantile((thetas - thetas.mean()) * math.sqrt(h / (m - h)), [alpha, 1.0 - alpha])
+    return Aggregate(point, point + float(q_low), point + float(q_high), m)

@@ -1,0 +1,79 @@
+"""The report's tables: one set of rows shared by the HTML page and the markdown."""
+
+from __future__ import annotations
+
+from storytune.study.report.fmt import (
+    MISSING,
+    _get,
+    arms,
+    fmt_ci,
+    fmt_count,
+    fmt_p,
+    fmt_percent,
+    fmt_value,
+    higher_is_better,
+    metric_label,
+    verdict,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Tables: one set of rows shared by HTML and markdown
+
+
+def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Header, rows and per-cell CSS classes ('' / 'better' / 'worse') of the main comparison, base first."""
+    header = ["arm", "seeds", "stop step", "kept step", "stopped early", "train tokens", "compute saved",
+              "kept val. loss", "test loss", "Δ vs none", "p", "Δ vs base", "p"]
+    base_loss = _get(summary, "base", "test_loss")
+    rows: list[list[str]] = []
+    classes: list[list[str]] = []
+    if base_loss or _get(summary, "base", "metrics"):
+        # The base model is not fine-tuned: no steps, zero training tokens.
+        rows.append(["base", MISSING, MISSING, MISSING, MISSING, "0", MISSING, MISSING, fmt_ci(base_loss),
+                     MISSING, MISSING, MISSING, MISSING])
+        classes.append([""] * len(header))
+    for arm in arms(summary):
+        vs_none, vs_base = _get(arm, "vs_none", "test_loss"), _get(arm, "vs_base", "test_loss")
+        rows.append([str(arm.get("variant")), _seeds_text(arm, summary.get("seeds") or []),
+                     fmt_count(arm.get("stop_step")), fmt_count(arm.get("kept_step")),
+                     fmt_percent(arm.get("stopped_early")),
+                     fmt_count(arm.get("train_tokens")), fmt_percent(arm.get("compute_saved")),
+                     fmt_value(arm.get("selection_eval_loss")), fmt_ci(arm.get("test_loss")),
+                     fmt_ci(vs_none, "diff", sign=True), fmt_p(_get(vs_none, "p_value")),
+                     fmt_ci(vs_base, "diff", sign=True), fmt_p(_get(vs_base, "p_value"))])
+        cls = [""] * len(header)
+        cls[9], cls[11] = verdict(vs_none, False), verdict(vs_base, False)
+        classes.append(cls)
+    return header, rows, classes
+
+
+def _seeds_text(arm: dict, grid_seeds: list) -> str:
+    """Seed count; which seeds only when the arm lacks some of the grid's (failed or missing cells)."""
+    seeds = arm.get("seeds") or []
+    count = fmt_count(arm.get("n_seeds"))
+    return f"{count} ({', '.join(str(s) for s in seeds)})" if seeds and set(seeds) != set(grid_seeds) else count
+
+
+def metric_rows(summary: dict, keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Wide table: one row per arm (base first), one column per metric, `mean [CI]`."""
+    header = ["arm"] + [metric_label(summary, k) for k in keys]
+    rows = []
+    if _get(summary, "base", "metrics"):
+        rows.append(["base"] + [fmt_ci(_get(summary, "base", "metrics", k)) for k in keys])
+    rows += [[str(a.get("variant"))] + [fmt_ci(_get(a, "metrics", k)) for k in keys] for a in arms(summary)]
+    return header, rows
+
+
+def difference_rows(summary: dict, keys: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Long table: one row per (metric, arm) with the differences vs `none` and vs base, CI and p."""
+    header = ["metric", "arm", "mean", "Δ vs none", "p", "Δ vs base", "p"]
+    rows, classes = [], []
+    for key in keys:
+        better = higher_is_better(summary, key)
+        for arm in arms(summary):
+            vs_none, vs_base = _get(arm, "vs_none", key), _get(arm, "vs_base", key)
+            rows.append([metric_label(summary, key), str(arm.get("variant")), fmt_ci(_get(arm, "metrics", key)),
+                         fmt_ci(vs_none, "diff", sign=True), fmt_p(_get(vs_none, "p_value")),
+                         fmt_ci(vs_base, "diff", sign=True), fmt_p(_get(vs_base, "p_value"))])
+            classes.append(["", "", "", verdict(vs_none, better), "", verdict(vs_base, better), ""])
+    return header, rows, classes

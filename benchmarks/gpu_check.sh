@@ -13,9 +13,9 @@
 # 4. prints a summary table (each step's status and seconds).
 #
 # Nothing is downloaded: it uses the machine's python3 (or $PYTHON) and its torch. storytune itself
-# runs from this checkout (PYTHONPATH). The Trainer arm needs transformers, accelerate, PyYAML and
-# numpy (`datasets` is optional: without it the same blocks are given as plain rows); when one is
-# missing only the raw-loop arm runs, and the script says so.
+# runs from this checkout (PYTHONPATH). Both arms need transformers, PyYAML and numpy; the Trainer
+# arm also accelerate (`datasets` is optional: without it the same blocks are given as plain rows).
+# Without accelerate only the raw-loop arm runs, and the script says so.
 # Knobs (environment): PYTHON, BATCH (default 16; halved once on out-of-memory), STEPS (30),
 # WARMUP (10), ROUNDS (2). Logs and bench.json go to $OUT when set (the device tool), else /tmp.
 # A CPU smoke test of the script itself (no GPU needed):
@@ -73,14 +73,18 @@ if [ "$DEVICE" = cuda ] && ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda
     exit 1
 fi
 
-# Which arms can run: the Trainer arm needs storytune's dependencies that the image may lack.
+# Which arms can run. Both build the model with transformers and read storytune's config (PyYAML,
+# numpy); the Trainer arm also needs accelerate.
+missing() {
+    $PY -c 'import importlib.util, sys; print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' "$@"
+}
 ARMS="trainer raw"
-MISSING=$($PY - <<'EOF'
-import importlib.util
-print(" ".join(m for m in ("transformers", "accelerate", "yaml", "numpy") if importlib.util.find_spec(m) is None))
-EOF
-)
-if [ -n "$MISSING" ]; then
+MISSING_BOTH=$(missing torch transformers yaml numpy)
+MISSING=$(missing accelerate)
+if [ -n "$MISSING_BOTH" ]; then
+    ARMS=""
+    echo "NOTE: missing Python packages: $MISSING_BOTH -> no benchmark arm can run"
+elif [ -n "$MISSING" ]; then
     ARMS="raw"
     echo "NOTE: missing Python packages: $MISSING -> storytune's Trainer arm cannot run; raw loop only"
 elif $PY -c 'import datasets' 2>/dev/null; then
@@ -109,7 +113,9 @@ bench() {
         --batch "$1" --precision "$PRECISION" --warmup "$WARMUP" --steps "$STEPS" --rounds "$ROUNDS" --arms $ARMS \
         --child-timeout 150 --json "$LOGDIR/bench.json"
 }
-if ! bench "$BATCH" && grep -qi "out of memory" "$LOGDIR/bench-batch$BATCH.log"; then
+if [ -z "$ARMS" ]; then
+    SUMMARY+=("$(printf '%-22s %-20s %5d s' bench 'SKIPPED (packages)' 0)")
+elif ! bench "$BATCH" && grep -qi "out of memory" "$LOGDIR/bench-batch$BATCH.log"; then
     bench $((BATCH / 2))
 fi
 
@@ -119,6 +125,7 @@ echo "=== summary (total $((SECONDS - STARTED)) s; logs in $LOGDIR) ==="
 printf '%-22s %-20s %7s\n' step status seconds
 printf '%s\n' "${SUMMARY[@]}"
 [ "$ARMS" = raw ] && echo "Trainer arm NOT run (missing: $MISSING)"
+[ -z "$ARMS" ] && echo "benchmark NOT run (missing: $MISSING_BOTH)"
 echo
 echo "throughput ($SIZE, $PRECISION, T=$BLOCK, $DEVICE; median over rounds):"
 grep -hE '^ *(trainer|raw) +[a-z]+: .*tok/s|^trainer / raw|IDENTICAL|DIFFER' "$LOGDIR"/bench-batch*.log 2>/dev/null \

@@ -234,11 +234,16 @@ class TrainConfig:
     """Path of a DeepSpeed JSON config (ZeRO); None = plain DDP/single process."""
     dataloader_num_workers: int = 0
     """Data loader worker processes."""
+    ddp_timeout_s: int = 7200
+    """Seconds a process waits at a collective (barrier, all-reduce) before the job fails. The other
+    ranks wait at a barrier while rank 0 tokenizes and caches the data the first time (minutes for
+    all of TinyStories), so torch's 30-min default is too short there; a lower value makes a hung
+    rank fail the job sooner."""
 
     def __post_init__(self) -> None:
         c = _Checks()
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps",
-                    "save_total_limit", "logging_steps"):
+                    "save_total_limit", "logging_steps", "ddp_timeout_s"):
             c.positive_int(key, getattr(self, key))
         for key in ("learning_rate", "weight_decay", "max_grad_norm"):
             c.non_negative(key, getattr(self, key))

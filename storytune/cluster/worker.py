@@ -229,7 +229,7 @@ def _cell_data(grid: GridDir, cell: dict) -> Any:
 
 
 def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from storytune.study.compare import BaseData, Context
 
@@ -237,7 +237,7 @@ def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
     name = next((c.result["base_model"] for c in cells if c.result), base.get("name", "?"))
     base_generations = generations_file(grid.base_eval_dir)
     return Context(
-        grid=manifest["grid"], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        grid=manifest["grid"], created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         replay=bool(manifest.get("replay")),
         base=BaseData(name=name, is_random=bool(base.get("random")),
                       eval=_read_if_exists(eval_file(grid.base_eval_dir)),

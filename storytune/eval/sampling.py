@@ -11,17 +11,21 @@ step on a CPU, so batching cannot amortise them and with a small model they are 
   transformers': with the tokens in ascending order, a token is removed when the probability mass
   of itself and every smaller token is `<= 1 - top_p` (in float32); i.e. the smallest set of most
   probable tokens whose mass is `>= top_p` is kept, and always at least `min_tokens_to_keep`.
-  How it avoids the sort: tokens are put into `bins` buckets by logit (O(V) per row), the bucket
-  masses locate the one bucket where the cut falls, and only that bucket's few tokens are
-  ordered (`topk`). A row is handed to `TopPLogitsWarper` itself (the "fallback") whenever its
-  result could depend on something the bucket select does not reproduce: a tie at the cut
-  (the warper's unstable sort decides which tied token stays), a cumulative mass within
+  How it avoids the sort (on CPU): tokens are put into `bins` buckets by logit (O(V) per row),
+  the bucket masses locate the one bucket where the cut falls, and only that bucket's few tokens
+  (~30-60 of 50,257) are ordered. A row is handed to `TopPLogitsWarper` itself (the "fallback")
+  whenever its result could depend on something the bucket select does not reproduce: a tie at
+  the cut (the warper's unstable sort decides which tied token stays), a cumulative mass within
   `margin` (relative) of the threshold (float rounding decides), a cut bucket with more than
-  `max_candidates` tokens, or fewer kept tokens than `min_tokens_to_keep`. The warper's
-  cumulative masses carry the float32 rounding of its softmax: measured on CPU at most 1.2e-6
-  of the mass (rows of 50,257 logits, scales 0.02-10), hence `margin` = 4e-6; our masses are
-  float64 sums renormalised to 1. So the two agree exactly (tested on CPU); on a GPU the
-  warper's float32 scan may round by more than `margin` in rare rows (not measured here).
+  `max_candidates` tokens, or fewer kept tokens than `min_tokens_to_keep`; about 2-6% of rows
+  of random logits. The warper's cumulative masses carry the float32 rounding of its softmax:
+  measured on CPU at most 8.6e-7 of the mass near the cut (5,120 rows of 50,257 logits, scales
+  0.02-10), hence `margin` = 4e-6; our masses are float64 sums renormalised to 1. So the two
+  agree exactly on CPU (tested; without the margin ~1 row in 1,000 differs).
+  On other devices (CUDA) the warper itself is used: a sort is cheap there (one batch-32 step of
+  warper + multinomial took 0.42 ms on an H200, the bucket select 1.9 ms, as it synchronises
+  with the host several times per step), and the warper's CUDA result differs from its own CPU
+  result in rare rows (11 of 5,120 measured), so no CPU method could match it exactly anyway.
 * `sample_inverse_cdf` is an exact draw from the probabilities it is given (up to float64
   rounding of their cumulative sum): token i is chosen iff the uniform falls in
   [c_{i-1}, c_i) of the normalised cumulative sum. Checked with a chi-square test on many
@@ -54,8 +58,8 @@ DEFAULT_BINS = 2048
 #: Largest cut bucket the select orders itself; a row with a larger one goes to the fallback.
 DEFAULT_MAX_CANDIDATES = 1024
 #: Relative distance of a cumulative mass from the threshold below which a row's cut is left to the
-#: warper, so float rounding never decides a token differently from it (3x the largest deviation
-#: of the warper's float32 masses from exact ones measured on CPU, 1.2e-6).
+#: warper, so float rounding never decides a token differently from it (~4.7x the largest relative
+#: deviation of the warper's float32 masses from exact ones near the cut, 8.6e-7, measured on CPU).
 DEFAULT_MARGIN = 4e-6
 #: The bucket range ends at the minimum of every `_BOTTOM_STRIDE`-th logit (a cheap estimate of the
 #: row's minimum: lower tokens share the last bucket, which never holds the cut unless its mass
@@ -126,6 +130,8 @@ def _top_p(logits: torch.Tensor, top_p: float, min_tokens_to_keep: int, bins: in
     if logits.ndim != 2:
         raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
     logits = logits.float()
+    if logits.device.type != "cpu":  # the sort is cheap there (module docstring)
+        return _warper_drop(logits, top_p, min_tokens_to_keep), logits.softmax(dim=-1).double()
     n_rows = logits.shape[0]
     rows = torch.arange(n_rows, device=logits.device)
     # float64 copies of the float32 probabilities: the masses below are float64 sums, like the
@@ -211,7 +217,7 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
     """Unnormalised sampling probabilities [B, V] (float64) of `generate(do_sample=True)` with these settings.
 
     The warpers run in generate's order: temperature, top-k (transformers' own warpers, which do
-    not sort), then top-p (the bucket select). generate skips a warper at its neutral value
+    not sort), then top-p (`top_p_mask`'s method). generate skips a warper at its neutral value
     (temperature 1, top_k 0, top_p 1), and so does this.
     """
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
@@ -257,7 +263,7 @@ def sample_tokens(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
         seeds = list(range(batch)) if row_seeds is None else list(row_seeds)
         if len(seeds) != batch:
             raise ValueError(f"{len(seeds)} row seeds for a batch of {batch}")
-        uniforms = row_uniforms(seed, seeds, max_new_tokens)
+        uniforms = row_uniforms(seed, seeds, max_new_tokens).to(device)
     out = torch.full((batch, max_new_tokens), eos_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     mask = attention_mask.long()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.paths import RunDir
 from storytune.train.data import DataSummary, lm_collator, prepare_data
+from storytune.train.hardware import check_hardware
 from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
 from storytune.train.model import load_model, load_tokenizer, resolve_base_model
 from storytune.train.stopping import StoppingCallback
@@ -95,8 +96,8 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
     train, stopping = config.train, config.early_stopping
     use_cpu = not torch.cuda.is_available()
     extra: dict[str, Any] = {}
-    if train.deepspeed:
-        extra.update(deepspeed=train.deepspeed, **_deepspeed_cpu_workaround(use_cpu))
+    if (deepspeed := deepspeed_config(train)) is not None:
+        extra.update(deepspeed=deepspeed, **_deepspeed_cpu_workaround(use_cpu, train.ddp_timeout_s))
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=train.max_steps,
@@ -127,6 +128,7 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
         fp16=train.precision == "fp16",
         use_cpu=use_cpu,
         dataloader_num_workers=train.dataloader_num_workers,
+        ddp_timeout=train.ddp_timeout_s,
         report_to="none",
         disable_tqdm=False,
         **extra,
@@ -137,16 +139,40 @@ def keeps_best(stopping: EarlyStoppingConfig) -> bool:
     return stopping.enabled and stopping.keep == "best"
 
 
-def _deepspeed_cpu_workaround(use_cpu: bool) -> dict[str, Any]:
+def deepspeed_config(train: TrainConfig) -> str | None:
+    """The DeepSpeed JSON this run uses: `train.deepspeed`, else the one `accelerate launch` was given
+    (`--deepspeed_config_file` or configs/accelerate/zero*.yaml export ACCELERATE_DEEPSPEED_CONFIG_FILE)."""
+    if train.deepspeed:
+        return train.deepspeed
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
+    return None
+
+
+def _deepspeed_cpu_workaround(use_cpu: bool, timeout_s: int) -> dict[str, Any]:
     """On CPU, accelerate picks no process-group backend for DeepSpeed and believes it has one
-    process; create the state with gloo first and tell the Trainer to use it (PLATFORM-NOTES)."""
+    process; create the state with gloo first and tell the Trainer to use it (PLATFORM-NOTES).
+    The group is created here, so it takes `train.ddp_timeout_s` here (the Trainer's would be ignored)."""
     if not use_cpu:
         return {}
+    from datetime import timedelta
+
     from accelerate import PartialState
 
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    PartialState(backend="gloo")
+    PartialState(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return {"accelerator_config": {"use_configured_state": True}}
+
+
+def end_process_group() -> None:
+    """Barrier, then destroy the default process group (no-op in a single process). Without it a
+    multi-process run sometimes died at interpreter exit ("terminate called without an active
+    exception", PLATFORM-NOTES); the barrier keeps rank 0 from tearing down while others still talk."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def early_stopping_callbacks(stopping: EarlyStoppingConfig) -> list[TrainerCallback]:
@@ -208,19 +234,38 @@ def validation_loss(trainer: Trainer) -> float:
     return trainer.evaluate(eval_dataset=dataset, metric_key_prefix="kept")["kept_loss"]
 
 
+def unprepare_after_eval(trainer: Trainer) -> None:
+    """Let `train()` wrap the model in DDP after an `evaluate()` on the bare model.
+
+    `evaluate()` before `train()` has accelerate prepare the model in evaluation mode, which marks it
+    `_is_accelerate_prepared` (accelerate 1.15); `train()`'s prepare then returns it unwrapped, so
+    under a multi-process launch every rank silently trained on its own gradients (seen here: the two
+    ranks' gradient norms differed at step 1 and validation loss after 30 steps was 0.1 nats worse than
+    the single-process run of the same global batch). Forget that preparation; nothing else was prepared yet."""
+    if trainer.is_deepspeed_enabled:
+        return  # evaluation never ran before train() under DeepSpeed (see `measure_base`)
+    trainer.accelerator.free_memory()
+    if getattr(trainer.model, "_is_accelerate_prepared", False):
+        del trainer.model._is_accelerate_prepared
+    trainer.model_wrapped = trainer.model
+
+
 def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[TrainerCallback] = (),
              keep_all_checkpoints: bool = False) -> tuple[FinetuneResult, Prepared]:
     """Train one arm to its stop, resuming from the run directory's last checkpoint if any; then
     score the kept weights on the validation blocks (the criterion) and the test stories (the result)."""
+    check_hardware(config)  # a GPU run on a node without CUDA stops here, not on the CPU hours later
     prepared = build_trainer(config, run_dir, extra_callbacks, keep_all_checkpoints)
     trainer = prepared.trainer
     resume_from = last_checkpoint(run_dir.checkpoints)
     # The base model's loss before any step. Skipped on resume (it was measured then) and under
     # DeepSpeed, whose engine only exists once training starts (evaluating first needs ZeRO-3).
-    measure_base = not resume_from and not config.train.deepspeed
+    measure_base = not resume_from and deepspeed_config(config.train) is None
     base_eval_loss = validation_loss(trainer) if measure_base else None
     base_stories = score_stories(trainer, prepared.test_blocks, prepared.summary.stories["test"]) if measure_base \
         else None
+    if measure_base:
+        unprepare_after_eval(trainer)
     if trainer.is_world_process_zero():
         log.info(describe_budget(config.train, trainer.args, tokens_per_step(trainer.args, config), prepared.summary))
         if resume_from:
@@ -247,6 +292,8 @@ def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[Train
     if base_stories is not None:
         result.base_test_loss = test_loss_interval(base_stories, seed=config.train.seed)
         result.base_test_story_losses = base_stories.to_dict()
+    if not keep_all_checkpoints:  # else replay evaluates with this group next; its caller ends it
+        end_process_group()
     return result, prepared
 
 

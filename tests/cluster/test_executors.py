@@ -166,3 +166,32 @@ def test_status_reads_outputs_submissions_and_sacct(tmp_path: Path, monkeypatch)
     assert f"{evals[0].name.ljust(max(len(n) for n in states))}  {'failed (cancelled)':<28} 101" in text
     assert "    | loading\n    | slurmstepd: *** JOB 101 CANCELLED ***" in text
     assert text.splitlines()[-1] == "1 done, 1 failed, 4 not, 2 queued, 1 running, 1 unknown"
+
+
+GOLDEN_STAGES = Path(__file__).parent / "golden" / "dry_run_stages.txt"
+
+
+def test_dry_run_shows_every_stage_with_dependencies_and_scripts(tmp_path: Path) -> None:
+    from storytune.cluster.launch import format_dry_run
+
+    g = grid(tmp_path)
+    stages = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()
+    text = format_dry_run(stages).replace(str(tmp_path), "<ROOT>")
+    text = re.sub(r"\S*python\S* -u -m submitit", "<PYTHON> -u -m submitit", text)
+    if os.environ.get("STORYTUNE_UPDATE_GOLDEN") == "1":  # after a deliberate change; review the diff
+        GOLDEN_STAGES.write_text(text)
+    assert text == GOLDEN_STAGES.read_text()
+    assert [(s.kind, s.jobs, s.dependency) for s in stages] == [
+        ("finetune", 4, None), ("evaluate", 4, "aftercorr:FINETUNE_ID"), ("evaluate_base", 1, None),
+        ("aggregate", 1, "afterany:EVALUATE_ID:EVALUATE_BASE_ID")]
+    assert text.count("#!/bin/bash") == 4  # one sbatch script per distinct stage
+    assert "#SBATCH --dependency=aftercorr:FINETUNE_ID" in text and "#SBATCH --array=0-3%3" in text
+
+
+def test_dry_run_replay_evaluations_wait_for_the_whole_array(tmp_path: Path) -> None:
+    g = expand_grid({"name": "r", "output_dir": str(tmp_path), "replay": True,
+                     "base": {"model": {"name": "tiny"}, "train": {"max_steps": 20, "eval_steps": 10}},
+                     "axes": {"early_stopping": [{"patience": None}, {"patience": 1}]}})
+    stages = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()
+    assert [(s.kind, s.jobs, s.dependency) for s in stages][:2] == [("finetune", 1, None),
+                                                                    ("evaluate", 2, "afterok:FINETUNE_ID")]

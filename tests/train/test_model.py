@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +35,7 @@ def test_gpt2_name_falls_back_offline() -> None:
 
 
 def test_unknown_model_offline_is_a_clear_error() -> None:
-    with pytest.raises(ModelLoadError, match="not a local path and the Hugging Face Hub is unreachable"):
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache .* `hf download no-such-org/"):
         load_model("no-such-org/no-such-model")
     with pytest.raises(ModelLoadError, match="cannot load tokenizer"):
         load_tokenizer("no-such-org/no-such-model")
@@ -53,3 +56,33 @@ def test_tiny_model_is_deterministic_and_saved_once(tmp_path: Path) -> None:
 
 def test_hub_names_are_kept() -> None:
     assert resolve_base_model(ModelConfig(name="gpt2"), "/unused") == "gpt2"
+
+
+OFFLINE_LOAD = """
+import sys
+from storytune.train.model import load_model, load_tokenizer
+model = load_model("someorg/tiny")
+tokenizer = load_tokenizer("someorg/tiny")
+print(type(model).__name__, model.config.n_layer, tokenizer("Once upon a time")["input_ids"])
+"""
+
+
+def test_cached_hub_model_loads_offline(tmp_path: Path) -> None:
+    """A model pre-downloaded into the Hugging Face cache (as `hf download someorg/tiny` leaves it:
+    models--someorg--tiny/{refs/main, snapshots/<commit>/...}) loads with HF_HUB_OFFLINE=1, in a
+    fresh process whose HF_HOME is that cache (huggingface_hub reads it when imported)."""
+    from storytune.config import TinyModelConfig
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--someorg--tiny"
+    snapshot = repo / "snapshots" / commit
+    build_tiny_model(TinyModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32)).save_pretrained(snapshot)
+    shipped_gpt2_tokenizer().save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([sys.executable, "-c", OFFLINE_LOAD], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "GPT2LMHeadModel 1 [7454, 2402, 257, 640]"

@@ -67,6 +67,10 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
             callbacks.append(PruneCheckpoints(list(replays), config.train.max_steps))
         result, prepared = finetune(config, run_dir, extra_callbacks=callbacks, keep_all_checkpoints=bool(replays))
         derived = _replay(result, run_dir, prepared, replays) if replays else []
+        if replays:
+            from storytune.train.finetune import end_process_group
+
+            end_process_group()  # finetune() left the group up for the replay's scoring
         payload = _finetune_payload(run_dir, result)
         if main:
             for arm_dir, arm_result in derived:

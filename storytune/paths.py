@@ -130,6 +130,10 @@ class GridDir:
         return self.path / "report"
 
     @property
+    def report_html(self) -> Path:
+        return self.report / REPORT_HTML
+
+    @property
     def summary(self) -> Path:
         """`report/summary.json`: what the aggregation job concluded; its completion marker."""
         return self.report / SUMMARY_FILE

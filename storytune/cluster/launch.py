@@ -46,6 +46,9 @@ def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = Fa
         print(f"error: submission failed: {last_line(err)}", file=sys.stderr)
         return 1
     print(format_outcome(outcome, executor_name))
+    grid_dir = GridDir(plan.root)
+    if executor_name != "slurm" and grid_dir.summary.exists():  # the study's answer, last
+        print(f"\nreport: {grid_dir.report_html}")
     return 1 if any(o.status == "failed" for o in outcome) else 0
 
 

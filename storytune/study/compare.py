@@ -17,6 +17,7 @@ Findings are sentences generated from these numbers that claim only what the int
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +34,12 @@ GENERATION_METRICS: dict[str, tuple[str, bool | None, str]] = {
     "fluency_perplexity": ("fluency perplexity (scorer)", False, ""),
     "coherence": ("coherence (cosine)", True, ""),
     "distinct_2": ("distinct-2 (per text)", True, ""),
-    "rep_2": ("rep-2 (per text)", False, ""),
+    "rep_2": ("rep-2 (per text)", False, "%"),
     "self_bleu": ("self-BLEU-4", False, ""),
     "new_tokens": ("continuation length", None, "tokens"),
 }
+LENGTH_MATCHED = re.compile(r"^(?P<base>[a-z_0-9]+?)_len(?P<tokens>\d+)$")
+"""Length-matched variants (`coherence_len16`): the metric on continuations cut to a common length."""
 LOSS_INFO = {TEST_LOSS: {"label": "test loss", "higher_is_better": False, "unit": "nats/token"}}
 
 
@@ -292,7 +295,10 @@ def base_finding(arms: Sequence[dict[str, Any]], base: BaseData) -> str | None:
 
 
 def _excludes_zero(d: dict[str, Any]) -> bool:
-    return d["ci_low"] is not None and d["ci_high"] is not None and (d["ci_low"] > 0 or d["ci_high"] < 0)
+    """The same rule as `stats.PairedDifference.significant`: interval off zero and p < 0.05."""
+    if d["ci_low"] is None or d["ci_high"] is None or d["p_value"] is None:
+        return False
+    return (d["ci_low"] > 0 or d["ci_high"] < 0) and d["p_value"] < 0.05
 
 
 def _describe(d: dict[str, Any], unit: str, what: str) -> str:
@@ -323,14 +329,14 @@ def summarize(cells: Sequence[CellData], context: Context) -> dict[str, Any]:
                         "a sanity floor, not a comparison with a pretrained model.")
     mixed, refused = scorer_warnings(done, base)
     warnings += mixed
-    metric_keys = [] if refused else [k for k in GENERATION_METRICS if has_metric(done, k)]
+    metric_keys = [] if refused else [k for k in [*GENERATION_METRICS, *length_matched_keys(done)]
+                                      if has_metric(done, k)]
     base_losses = _base_losses(done)
     none_cells = by_arm.get(NONE)
     none_tokens = _mean([c.result["train_tokens"] for c in none_cells or [] if c.result])
     arms = [arm_summary(v, cs, none_cells, base_losses, None if refused else base.generations, metric_keys,
                         none_tokens) for v, cs in by_arm.items()]
-    metric_info = {**LOSS_INFO, **{k: {"label": GENERATION_METRICS[k][0], "higher_is_better": GENERATION_METRICS[k][1],
-                                        "unit": GENERATION_METRICS[k][2]} for k in metric_keys}}
+    metric_info = {**LOSS_INFO, **{k: metric_description(k) for k in metric_keys}}
     failed = [c.run_id for c in cells if not c.result]
     missing_evals = [c.run_id for c in done if c.eval is None] if any(c.eval for c in done) or base.eval else []
     if failed:
@@ -368,6 +374,22 @@ def summarize(cells: Sequence[CellData], context: Context) -> dict[str, Any]:
         "samples": samples(by_arm, base),
         "provenance": {**context.provenance, "intervals": stats.METHOD_TEXT},
     }
+
+
+def length_matched_keys(cells: Sequence[CellData]) -> list[str]:
+    """`<metric>_len<L>` keys the evaluations wrote for the metrics compared here, in their order."""
+    found = {key for c in cells if c.generations for r in c.generations for key in (r.get("metrics") or {})
+             if (m := LENGTH_MATCHED.match(key)) and m["base"] in GENERATION_METRICS}
+    return sorted(found, key=lambda k: list(GENERATION_METRICS).index(LENGTH_MATCHED.match(k)["base"]))
+
+
+def metric_description(key: str) -> dict[str, Any]:
+    """Label, direction and unit of a compared metric (a length-matched one says its length)."""
+    matched = LENGTH_MATCHED.match(key)
+    label, higher, unit = GENERATION_METRICS[matched["base"] if matched else key]
+    if matched:
+        label = f"{label}, first {matched['tokens']} tokens"
+    return {"label": label, "higher_is_better": higher, "unit": unit}
 
 
 def has_metric(cells: Sequence[CellData], metric: str) -> bool:

@@ -55,8 +55,8 @@ METHOD_TEXT: str = (
     "base model is broadcast over seeds), and gets the same bootstrap interval. Its p-value is a two-sided "
     "paired sign-flip permutation test (scipy.stats.permutation_test, permutation_type='samples') on the "
     "per-unit differences averaged over seeds, exact up to 12 units and otherwise from seeded random sign "
-    "flips. A difference is stated with a direction only when its interval excludes zero. All resampling is "
-    "seeded, so results are reproducible."
+    "flips. A difference is stated with a direction only when its interval excludes zero and its p-value "
+    "is below 0.05 (they can disagree at the margin). All resampling is seeded, so results are reproducible."
 )
 
 DEFAULT_PERMUTATIONS = 5000
@@ -103,6 +103,13 @@ class PairedDifference:
     def excludes_zero(self) -> bool:
         """True when the whole interval lies on one side of zero (False for a NaN interval)."""
         return bool(self.ci_low > 0.0 or self.ci_high < 0.0)
+
+    @property
+    def significant(self) -> bool:
+        """A direction may be stated: the interval excludes zero AND the permutation test agrees
+        (p below 1 - confidence). The two can disagree at the margin (a percentile interval that
+        just misses zero with p = 0.07, seen on near-degenerate per-text metrics): then say nothing."""
+        return self.excludes_zero and self.p_value < 1.0 - self.confidence
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,6 +328,9 @@ def describe(diff: PairedDifference, unit: str, what: str) -> str:
                 f"(n = {diff.n_units}; {diff.diff:+.{dec}f}{u})")
     p = format_p(diff.p_value)
     low, high = diff.ci_low, diff.ci_high
+    if not diff.significant:
+        return (f"no difference from {what} can be told apart "
+                f"({diff.diff:+.{dec}f}{u} [{level} {low:.{dec}f}, {high:.{dec}f}], {p})")
     if low > 0.0:  # decide the direction from the interval, not from the point estimate
         return f"{diff.diff:.{dec}f}{u} higher than {what} [{level} {low:.{dec}f}, {high:.{dec}f}], {p}"
     if high < 0.0:

@@ -101,9 +101,11 @@ def fmt_percent(value: Any) -> str:
 
 
 def verdict(diff: Stat | None, higher_is_better: bool | None) -> str:
-    """'better' / 'worse' when the interval of a difference excludes zero, '' when it cannot be told."""
+    """'better' / 'worse' when a difference can be told apart (its interval excludes zero and p < 0.05,
+    the findings' rule), '' otherwise."""
     low, high = _num(_get(diff, "ci_low")), _num(_get(diff, "ci_high"))
-    if low is None or high is None or higher_is_better is None or low <= 0 <= high:
+    p = _num(_get(diff, "p_value"))
+    if low is None or high is None or higher_is_better is None or low <= 0 <= high or (p is not None and p >= 0.05):
         return ""
     return "better" if (low > 0) == bool(higher_is_better) else "worse"
 

@@ -32,7 +32,7 @@ def plan_cost(grid: Grid) -> dict[str, float]:
     plan = make_plan(grid, force=True)
     train = grid.base_config.train
     res = grid.spec.resources
-    per_step = train.batch_size * train.gradient_accumulation_steps * max(1, res.nodes * res.gpus_per_node) \
+    per_step = train.batch_size * train.gradient_accumulation_steps * res.nodes * res.processes_per_node \
         * grid.base_config.data.block_size
     return {"cells": len(grid.cells), "trainings": len(plan.finetunes),
             "train_tokens": len(plan.finetunes) * train.max_steps * per_step,

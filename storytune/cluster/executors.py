@@ -86,7 +86,7 @@ def submitit_parameters(resources: ResourcesConfig, name: str, dependency: str |
         "name": name,
         "timeout_min": resources.time_min,
         "nodes": resources.nodes,
-        "tasks_per_node": resources.tasks_per_node,
+        "tasks_per_node": resources.processes_per_node,  # --ntasks-per-node: srun starts this many a node
         "cpus_per_task": resources.cpus_per_task,
         "slurm_array_parallelism": resources.array_parallelism,
         "slurm_setup": list(resources.setup),
@@ -299,6 +299,8 @@ class Stage:
         r = self.resources
         shape = f"array 0-{self.jobs - 1}%{min(r.array_parallelism, self.jobs)}" if self.jobs > 1 else "single job"
         gpus = f" x {r.gpus_per_node} GPUs" if r.gpus_per_node else ""
+        if r.tasks_per_node is not None:  # set explicitly (CPU DDP, or not one task per GPU): say so
+            gpus += f" x {r.tasks_per_node} task(s)"
         mem = f", {r.mem_gb:g} GB" if r.mem_gb is not None else ""
         where = f", partition {r.partition}" if r.partition else ""
         note = f" ({self.note})" if self.note else ""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from storytune.cluster.executors import EXECUTORS, SlurmExecutor, Stage, Submitted, default_executor_name
@@ -14,10 +19,61 @@ from storytune.study.plan import Plan, make_plan
 
 log = logging.getLogger("storytune")
 
+LOCK_WAIT_S = 10.0
+"""Seconds a second submission of the same grid waits for the first one's lock before giving up."""
+LOCK_POLL_S = 0.1
+
 
 def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = False, force: bool = False,
-                parallel: int = 1, status_only: bool = False) -> int:
-    """Plan the grid, print the plan, and submit what is missing; the exit status of `storytune submit`."""
+                parallel: int = 1, status_only: bool = False, lock_wait_s: float = LOCK_WAIT_S) -> int:
+    """Plan the grid, print the plan, and submit what is missing; the exit status of `storytune submit`.
+
+    A real submission holds the grid directory's lock (`grid_lock`) from planning to the end of
+    submitting, so two submissions of the same grid never both see a cell pending and submit it twice.
+    A dry run or `--status` submits nothing and takes no lock."""
+    if dry_run or status_only:
+        return _submit_grid(grid, executor_name, dry_run, force, parallel, status_only)
+    check_writable(grid.root)
+    with grid_lock(GridDir(grid.root), lock_wait_s):
+        return _submit_grid(grid, executor_name, dry_run, force, parallel, status_only)
+
+
+class GridLocked(OutputError):
+    """Another process is submitting this grid."""
+
+
+@contextmanager
+def grid_lock(grid_dir: GridDir, wait_s: float) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `<grid>/.submit.lock` (the holder's pid written inside).
+
+    Non-blocking tries for up to `wait_s` seconds, then `GridLocked`. The kernel drops the lock when
+    the holder's file is closed or its process dies (even by SIGKILL), so no stale lock survives a crash;
+    the file itself stays (removing it would let a third process lock a different inode)."""
+    handle = open(grid_dir.lock, "a+")  # noqa: SIM115 - closed in `finally`, which also releases the lock
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise GridLocked(f"another submission of this grid is running (pid {holder}); waited "
+                                     f"{wait_s:g} s for {grid_dir.lock}: try again when it has finished") from None
+                time.sleep(LOCK_POLL_S)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _submit_grid(grid: Grid, executor_name: str | None, dry_run: bool, force: bool, parallel: int,
+                 status_only: bool) -> int:
     from storytune.cluster.worker import write_manifest
 
     plan = make_plan(grid, force=force)
@@ -30,7 +86,6 @@ def submit_grid(grid: Grid, executor_name: str | None = None, dry_run: bool = Fa
     if dry_run:
         print(format_dry_run(SlurmExecutor(plan, eval_resources, resources).stages()))
         return 0
-    check_writable(plan.root)
     had_manifest = GridDir(plan.root).plan.exists()
     write_manifest(plan)
     if executor_name == "slurm":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from storytune.config import RunConfig
+from storytune.errors import first_line
 from storytune.eval.generate import read_generations
 from storytune.paths import (
     GridDir,
@@ -119,9 +120,57 @@ def _num(value: float | None) -> str:
 
 
 def run_job(job: Job) -> dict:
-    """Run one job of a plan (what every executor calls on its worker)."""
+    """Run one job of a plan (what every executor calls on its worker).
+
+    A fine-tune or evaluation job that raises (a NaN loss included: `NonFiniteLossCheck`) leaves
+    `<run dir>/failure.json` (`failure_record`) and re-raises, so the executor reports it failed and
+    the other cells go on; a later success removes the record."""
     export_slurm_distributed_env()
     setup_logging()
+    if job.kind not in ("finetune", "evaluate"):
+        return _run_job(job)
+    run_dir = job.run_dir
+    try:
+        payload = _run_job(job)
+    except Exception as err:  # not KeyboardInterrupt/SystemExit: a preempted or requeued job has not failed
+        if is_main_process():
+            write_failure(run_dir, job, err)
+        raise
+    if is_main_process():
+        run_dir.failure.unlink(missing_ok=True)
+    return payload
+
+
+FAILURE_TRACEBACK_LINES = 20
+"""Lines of the traceback's end kept in failure.json: the raising frames and the exception."""
+
+
+def failure_record(job: Job, err: BaseException, attempt: int) -> dict:
+    """failure.json's content: which job, why in one line, and the traceback's tail."""
+    import traceback
+    from datetime import UTC, datetime
+
+    lines = "".join(traceback.format_exception(err)).rstrip().splitlines()
+    return {"job": job.name, "kind": job.kind, "reason": first_line(err), "exception": type(err).__name__,
+            "traceback": lines[-FAILURE_TRACEBACK_LINES:],
+            "time": datetime.now(UTC).isoformat(timespec="seconds"), "attempt": attempt}
+
+
+def write_failure(run_dir: RunDir, job: Job, err: Exception) -> None:
+    """Write failure.json atomically; `attempt` counts failures in a row (1 + the previous record's)."""
+    try:
+        attempt = int(read_json(run_dir.failure).get("attempt", 0)) + 1
+    except (OSError, ValueError, AttributeError):  # none yet (or unreadable): this is the first
+        attempt = 1
+    try:
+        write_json_atomic(run_dir.failure, failure_record(job, err, attempt))
+    except (OSError, ValueError) as write_error:  # never hide the job's own error behind this one
+        log.error("could not write %s: %s", run_dir.failure, write_error)
+        return
+    log.error("%s failed: %s (recorded in %s)", job.name, first_line(err), run_dir.failure)
+
+
+def _run_job(job: Job) -> dict:
     if job.kind == "finetune":
         return run_finetune(job.config, replays=job.replays)
     if job.kind == "evaluate":
@@ -229,7 +278,8 @@ def _cell_data(grid: GridDir, cell: dict) -> Any:
     generations = generations_file(run.eval_dir)
     return CellData(run_id=cell["run_id"], variant=cell["variant"], seed=cell["seed"],
                     result=_read_if_exists(run.result), eval=_read_if_exists(run.eval_result),
-                    generations=read_generations(generations) if generations.exists() else None)
+                    generations=read_generations(generations) if generations.exists() else None,
+                    failure=_read_if_exists(run.failure))
 
 
 def _context(grid: GridDir, manifest: dict, cells: list) -> Any:

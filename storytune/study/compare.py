@@ -53,6 +53,8 @@ class CellData:
     result: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     generations: list[dict[str, Any]] | None = None
+    failure: dict[str, Any] | None = None
+    """Its `failure.json` (why its last job failed: {job, kind, reason, ...}), None when none failed."""
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,10 @@ def summarize(cells: Sequence[CellData], context: Context) -> dict[str, Any]:
     failed = [c.run_id for c in cells if not c.result]
     missing_evals = [c.run_id for c in done if c.eval is None] if any(c.eval for c in done) or base.eval else []
     if failed:
-        warnings.append(f"{len(failed)} of {len(cells)} cells have no result (failed or not run): {', '.join(failed)}.")
+        reasons = "".join(f" — {c.run_id}: {c.failure.get('reason', '?')}" for c in cells
+                          if not c.result and c.failure)
+        warnings.append(f"{len(failed)} of {len(cells)} cells have no result (failed or not run): "
+                        f"{', '.join(failed)}.{reasons}")
     if missing_evals:
         warnings.append(f"{len(missing_evals)} finished cells have no evaluation: {', '.join(missing_evals)}.")
     if not done:

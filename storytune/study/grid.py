@@ -45,7 +45,10 @@ class ResourcesConfig:
     nodes: int = 1
     """Nodes per job."""
     gpus_per_node: int = 0
-    """GPUs per node; one task (process) runs per GPU."""
+    """GPUs per node; one task (process) runs per GPU unless `tasks_per_node` says otherwise."""
+    tasks_per_node: int | None = None
+    """Slurm tasks (training processes) per node; None = one per GPU, or 1 without GPUs. Set it to
+    run several processes without GPUs (DDP over gloo on CPU nodes, as the local-cluster test does)."""
     cpus_per_task: int = 2
     """CPU cores per task."""
     mem_gb: float | None = None
@@ -65,11 +68,17 @@ class ResourcesConfig:
                 problems.append(Problem(key, f"must be a positive integer, got {value!r}"))
         if not (isinstance(self.gpus_per_node, int) and self.gpus_per_node >= 0):
             problems.append(Problem("gpus_per_node", f"must be an integer >= 0, got {self.gpus_per_node!r}"))
+        tasks = self.tasks_per_node
+        if tasks is not None and not (isinstance(tasks, int) and not isinstance(tasks, bool) and tasks > 0):
+            problems.append(Problem("tasks_per_node", f"must be a positive integer or null, got {tasks!r}"))
         if problems:
             raise ConfigError(problems)
 
     @property
-    def tasks_per_node(self) -> int:
+    def processes_per_node(self) -> int:
+        """Tasks Slurm starts on each node: `tasks_per_node` if set, else one per GPU, else 1."""
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
         return max(1, self.gpus_per_node)
 
 

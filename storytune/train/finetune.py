@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
 
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.paths import RunDir
@@ -28,7 +32,7 @@ from storytune.train.model import load_model, load_tokenizer, resolve_base_model
 from storytune.train.stopping import StoppingCallback
 
 if TYPE_CHECKING:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,9 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
         # Replay derives every arm's kept weights from this run's checkpoints: keep them all.
         save_total_limit=None if keep_all_checkpoints else train.save_total_limit,
         logging_steps=train.logging_steps,
+        # Log a NaN/inf loss as it is (the filter would replace it by the running mean and hide a
+        # diverged run): `NonFiniteLossCheck` stops on it.
+        logging_nan_inf_filter=False,
         seed=train.seed,
         # Best-checkpoint bookkeeping runs for every arm (it gives best_step); only arms that
         # keep the best load it back. The `none` arm must keep its LAST weights.
@@ -128,6 +135,7 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
         fp16=train.precision == "fp16",
         use_cpu=use_cpu,
         dataloader_num_workers=train.dataloader_num_workers,
+        ddp_find_unused_parameters=False,  # every GPT-2 parameter gets a gradient: skip DDP's extra graph walk
         ddp_timeout=train.ddp_timeout_s,
         report_to="none",
         disable_tqdm=False,
@@ -175,6 +183,26 @@ def end_process_group() -> None:
         dist.destroy_process_group()
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run cannot recover, so it stops."""
+
+
+class NonFiniteLossCheck(TrainerCallback):
+    """Stop with `NonFiniteLoss` at the first logging step whose training `loss` (or an evaluation
+    whose validation loss) is NaN/inf.
+
+    Always on: a diverged run would otherwise train on to `max_steps` and be scored as if it were a
+    result. Checked at logging steps (`train.logging_steps`), where the Trainer averages the loss."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        for key in ("loss", f"eval_{STOP_METRIC}"):  # training loss; validation loss at evaluations
+            loss = (logs or {}).get(key)
+            if isinstance(loss, (int, float)) and not math.isfinite(loss):
+                raise NonFiniteLoss(f"{key} is {loss} at step {state.global_step}: the run diverged "
+                                    f"(lower train.learning_rate or raise train.warmup_steps)")
+
+
 def early_stopping_callbacks(stopping: EarlyStoppingConfig) -> list[TrainerCallback]:
     if not stopping.enabled:
         return []
@@ -182,9 +210,49 @@ def early_stopping_callbacks(stopping: EarlyStoppingConfig) -> list[TrainerCallb
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest COMPLETE `checkpoint-<step>` folder in `output_dir` (None: start fresh).
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    A job killed mid-save leaves a folder that transformers' `get_last_checkpoint` would pick. Such
+    folders are logged and ignored (not deleted: the Trainer's rotation or the final cleanup removes them)."""
+    if not output_dir.is_dir():
+        return None
+    folders = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+    for folder in sorted(folders, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+        if (problem := checkpoint_problem(folder)) is None:
+            return str(folder)
+        log.warning("skipping incomplete %s: %s", folder.name, problem)
+    return None
+
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None when it is.
+
+    `Trainer._save_checkpoint` (transformers 5.x) writes the weights, then the optimizer and scheduler
+    (DeepSpeed: its `global_step*` folder), scaler and RNG state, and `trainer_state.json` LAST. So
+    trainer_state.json is the completeness marker; the other files are checked too because rotation or
+    a partial copy can remove them, and trainer_state.json itself is written in place (not atomically):
+    it must parse and name this folder's step."""
+    deepspeed = any(p.is_dir() for p in folder.glob("global_step*"))
+    weights = deepspeed or any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+    if not weights:
+        return "missing model.safetensors"
+    if not deepspeed:
+        for name in ("optimizer.pt", "scheduler.pt"):
+            if not (folder / name).is_file():
+                return f"missing {name}"
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        return "missing trainer_state.json"
+    try:
+        step = json.loads(state_file.read_text()).get("global_step")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        return f"unreadable trainer_state.json ({type(error).__name__})"
+    if step != _checkpoint_step(str(folder)):
+        return f"trainer_state.json says global_step {step}"
+    return None
 
 
 @dataclass
@@ -223,7 +291,7 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         eval_dataset={VALIDATION: validation, TRAIN_SUBSET: train_subset},  # validation first: it decides
         data_collator=lm_collator,
         processing_class=tokenizer,
-        callbacks=[*early_stopping_callbacks(config.early_stopping), *extra_callbacks],
+        callbacks=[*early_stopping_callbacks(config.early_stopping), NonFiniteLossCheck(), *extra_callbacks],
     )
     return Prepared(trainer, summary, base, splits["test_blocks"])
 

@@ -195,3 +195,115 @@ def test_dry_run_replay_evaluations_wait_for_the_whole_array(tmp_path: Path) -> 
     stages = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()
     assert [(s.kind, s.jobs, s.dependency) for s in stages][:2] == [("finetune", 1, None),
                                                                     ("evaluate", 2, "afterok:FINETUNE_ID")]
+
+
+# --------------------------------------------------------------------------------------------------
+# A multi-node cell: 2 nodes x 4 GPUs = 8 training processes
+
+GOLDEN_MULTINODE = Path(__file__).parent / "golden" / "sbatch_multinode_cell.sh"
+RENDEZVOUS_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def multinode_grid(tmp_path: Path, **resources):
+    """One cell (no axes), so submitit writes a plain job, not an array."""
+    return expand_grid({
+        "name": "mn", "output_dir": str(tmp_path),
+        "base": {"model": {"name": "tiny"}, "data": {"files": ["/x"]}, "train": {"max_steps": 20, "eval_steps": 10}},
+        "resources": {"partition": "gpu", "time_min": 120, "cpus_per_task": 8, **resources},
+    })
+
+
+def normalized_preview(tmp_path: Path, g) -> str:
+    text = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).sbatch_preview()
+    text = text.replace(str(tmp_path), "<ROOT>")
+    return re.sub(r"\S*python\S* -u -m submitit", "<PYTHON> -u -m submitit", text)
+
+
+def test_two_node_four_gpu_cell_sbatch_matches_golden_file(tmp_path: Path) -> None:
+    text = normalized_preview(tmp_path, multinode_grid(tmp_path, nodes=2, gpus_per_node=4))
+    if os.environ.get("STORYTUNE_UPDATE_GOLDEN") == "1":  # after a deliberate change; review the diff
+        GOLDEN_MULTINODE.write_text(text)
+    assert text == GOLDEN_MULTINODE.read_text()
+    lines = text.splitlines()
+    # 2 nodes x 4 tasks = 8 processes; each node's 4 GPUs are shared by its 4 tasks (each picks
+    # cuda:LOCAL_RANK), which is what Accelerate/DDP expects of a node.
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "export SUBMITIT_EXECUTOR=slurm"):
+        assert line in lines
+    assert "--array" not in text and "--gpus-per-task" not in text
+    # srun without -n/--ntasks starts one task per allocated task slot: 8, one per GPU; each writes
+    # its own log (%t = task rank).
+    (srun,) = [line for line in lines if line.startswith("srun ")]
+    assert " -n " not in srun and "--ntasks" not in srun and "_%t_log.out" in srun
+    assert srun.endswith("<PYTHON> -u -m submitit.core._submit <ROOT>/mn/logs/%j")
+
+
+def slurm_task_env(monkeypatch, job_id: str, nodelist: str, procid: int, tasks_per_node: int, nodes: int,
+                   folder: Path) -> None:
+    """The variables srun gives task `procid` of a `nodes` x `tasks_per_node` job (what Slurm would
+    set; no multi-node cluster exists here), plus the two that submitit's sbatch script and
+    `_submit` add."""
+    for key in (*RENDEZVOUS_KEYS, "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(folder))
+    monkeypatch.setenv("SLURM_JOB_ID", job_id)
+    monkeypatch.setenv("SLURM_JOB_NODELIST", nodelist)
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", str(nodes))
+    monkeypatch.setenv("SLURM_NTASKS", str(nodes * tasks_per_node))
+    monkeypatch.setenv("SLURM_NODEID", str(procid // tasks_per_node))
+    monkeypatch.setenv("SLURM_PROCID", str(procid))
+    monkeypatch.setenv("SLURM_LOCALID", str(procid % tasks_per_node))
+
+
+def test_every_task_of_a_two_node_job_gets_the_same_rendezvous(tmp_path: Path, monkeypatch) -> None:
+    """The sbatch script exports no MASTER_ADDR/PORT: each task derives them itself from Slurm's
+    variables (submitit's TorchDistributedEnvironment, called by the worker): the address is the
+    first host of SLURM_JOB_NODELIST and the port a function of the job id, so all 8 tasks agree
+    without talking to each other."""
+    from storytune.cluster.worker import export_slurm_distributed_env
+
+    seen = []
+    for procid in range(8):
+        slurm_task_env(monkeypatch, "4242", "gpu[07-08]", procid, tasks_per_node=4, nodes=2, folder=tmp_path)
+        assert export_slurm_distributed_env()
+        seen.append({key: os.environ[key] for key in RENDEZVOUS_KEYS})
+    assert {(env["MASTER_ADDR"], env["MASTER_PORT"]) for env in seen} == {("gpu07", seen[0]["MASTER_PORT"])}
+    assert 20000 <= int(seen[0]["MASTER_PORT"]) <= 60000  # submitit's range, above the privileged ports
+    assert [env["RANK"] for env in seen] == [str(r) for r in range(8)]
+    assert [env["LOCAL_RANK"] for env in seen] == [str(r % 4) for r in range(8)]
+    assert {(env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"]) for env in seen} == {("8", "4")}
+    # Another job gets another port (seeded by the job id): two jobs sharing a first node do not collide.
+    slurm_task_env(monkeypatch, "4243", "gpu[07-08]", 0, tasks_per_node=4, nodes=2, folder=tmp_path)
+    export_slurm_distributed_env()
+    assert os.environ["MASTER_PORT"] != seen[0]["MASTER_PORT"]
+
+
+def test_one_task_job_exports_no_rendezvous(tmp_path: Path, monkeypatch) -> None:
+    from storytune.cluster.worker import export_slurm_distributed_env
+
+    slurm_task_env(monkeypatch, "4242", "cpu01", 0, tasks_per_node=1, nodes=1, folder=tmp_path)
+    assert not export_slurm_distributed_env()
+    assert "RANK" not in os.environ and "MASTER_ADDR" not in os.environ
+
+
+def test_tasks_per_node_asks_for_several_cpu_tasks(tmp_path: Path) -> None:
+    assert submitit_parameters(ResourcesConfig(), "n")["tasks_per_node"] == 1
+    assert submitit_parameters(ResourcesConfig(gpus_per_node=4), "n")["tasks_per_node"] == 4  # one per GPU
+    params = submitit_parameters(ResourcesConfig(tasks_per_node=2), "n")
+    assert params["tasks_per_node"] == 2 and "gpus_per_node" not in params
+    text = normalized_preview(tmp_path, multinode_grid(tmp_path, tasks_per_node=2))
+    assert "#SBATCH --ntasks-per-node=2" in text.splitlines() and "gpus" not in text
+    stage = SlurmExecutor(make_plan(g := multinode_grid(tmp_path, tasks_per_node=2)), g.eval_resources,
+                          g.spec.resources).stages()[0]
+    assert "1 node(s) x 2 task(s), 8 CPUs/task" in stage.summary()
+
+
+def test_tasks_per_node_must_be_positive() -> None:
+    import pytest
+
+    from storytune.config import ConfigError
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="tasks_per_node"):
+            ResourcesConfig(tasks_per_node=bad)

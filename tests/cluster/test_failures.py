@@ -1,0 +1,67 @@
+"""A failing cell leaves failure.json, the grid goes on, the report names the reason, and a second
+`submit` reruns only that cell. The failure is real: a learning rate of 1e30 makes the loss NaN at
+step 2 (Adam moves every weight by ~lr), which `NonFiniteLossCheck` turns into an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+GRID = """\
+name: failing
+output_dir: {out}
+base:
+  model:
+    name: tiny
+    tiny: {{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}}
+  data: {{max_stories: 300, validation_stories: 30, test_stories: 20, block_size: 64}}
+  train: {{max_steps: 10, batch_size: 4, warmup_steps: 0, eval_steps: 5, logging_steps: 2, seed: 1}}
+  wandb: {{mode: disabled}}
+axes:
+  train.learning_rate: [5.0e-4, 1.0e+30]
+"""
+
+
+def submit(grid: Path, stories_dir: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "STORYTUNE_DATA_DIR": str(stories_dir),
+           "STORYTUNE_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "launch/submit.py", "--grid", str(grid), "--executor", "debug",
+                           "evaluate=false"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_nan_cell_is_recorded_reported_and_alone_resubmitted(stories_dir: Path, tmp_path: Path) -> None:
+    grid = tmp_path / "failing.yaml"
+    grid.write_text(GRID.format(out=tmp_path / "runs"))
+    first = submit(grid, stories_dir, tmp_path / "cache")
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # a job failed
+    root = tmp_path / "runs" / "failing"
+    runs = {cell["run_id"]: root / cell["run_id"] for cell in json.loads((root / "plan.json").read_text())["cells"]}
+    done = [name for name, p in runs.items() if (p / "result.json").exists()]
+    failed = [name for name, p in runs.items() if (p / "failure.json").exists()]
+    assert len(done) == 1 and len(failed) == 1 and done != failed, runs
+
+    record = json.loads((runs[failed[0]] / "failure.json").read_text())
+    assert record["job"] == f"finetune/{failed[0]}" and record["kind"] == "finetune"
+    assert record["exception"] == "NonFiniteLoss" and record["attempt"] == 1
+    assert record["reason"].startswith("loss is nan at step 2: the run diverged")
+    assert 0 < len(record["traceback"]) <= 20 and "NonFiniteLoss" in record["traceback"][-1]
+    assert not (runs[done[0]] / "failure.json").exists()
+
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["cells"]["failed"] == failed
+    assert f"1 of 2 cells have no result (failed or not run): {failed[0]}. — {failed[0]}: {record['reason']}" \
+        in summary["warnings"]
+
+    again = submit(grid, stories_dir, tmp_path / "cache")
+    assert again.returncode == 1
+    plan = {line.split()[0]: line for line in again.stdout.splitlines() if line.startswith(("none-",))}
+    assert "pending" in plan[failed[0]] and "done" in plan[done[0]]
+    outcome = {line.split()[0]: line for line in again.stdout.splitlines() if line.startswith("finetune/")}
+    assert "skipped (done)" in outcome[f"finetune/{done[0]}"]
+    assert "failed" in outcome[f"finetune/{failed[0]}"]
+    assert json.loads((runs[failed[0]] / "failure.json").read_text())["attempt"] == 2

@@ -244,7 +244,11 @@ def slurm_task_env(monkeypatch, job_id: str, nodelist: str, procid: int, tasks_p
     set; no multi-node cluster exists here), plus the two that submitit's sbatch script and
     `_submit` add."""
     for key in (*RENDEZVOUS_KEYS, "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first so that monkeypatch records the key's original state (usually: absent) and
+        # restores it; export_slurm_distributed_env writes os.environ directly, and leftovers
+        # (RANK, WORLD_SIZE=8, MASTER_ADDR=gpu07) would make every later subprocess wait for a rendezvous.
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.setenv("SUBMITIT_FOLDER", str(folder))
     monkeypatch.setenv("SLURM_JOB_ID", job_id)

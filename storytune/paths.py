@@ -54,9 +54,15 @@ class RunDir:
         return eval_file(self.eval_dir)
 
     @property
+    def base_scores(self) -> Path:
+        """`base_scores.json`: the base model's losses, measured by a run's first attempt and read
+        back when it resumes (so a resumed run's result.json still has them)."""
+        return self.path / "base_scores.json"
+
+    @property
     def failure(self) -> Path:
         """`failure.json`: why the last attempt of this run failed (removed when it succeeds)."""
-        return self.path / "failure.json"
+        return failure_file(self.path)
 
     def is_complete(self) -> bool:
         return self.result.exists()
@@ -73,6 +79,8 @@ class RunDir:
 
 
 EVAL_FILE = "eval.json"
+FAILURE_FILE = "failure.json"
+"""Why a job's last attempt failed: in its run directory, `base/eval/` or `report/` (removed on success)."""
 GENERATIONS_FILE = "generations.jsonl"
 # The report folder (`GridDir.report`): summary.json (its completion marker) and what renders it.
 SUMMARY_FILE = "summary.json"
@@ -84,6 +92,10 @@ REPORT_PLOTS = "plots"
 
 def eval_file(eval_dir: Path) -> Path:
     return Path(eval_dir) / EVAL_FILE
+
+
+def failure_file(folder: Path) -> Path:
+    return Path(folder) / FAILURE_FILE
 
 
 def generations_file(eval_dir: Path) -> Path:

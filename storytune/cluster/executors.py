@@ -89,6 +89,8 @@ def submitit_parameters(resources: ResourcesConfig, name: str, dependency: str |
         "tasks_per_node": resources.processes_per_node,  # --ntasks-per-node: srun starts this many a node
         "cpus_per_task": resources.cpus_per_task,
         "slurm_array_parallelism": resources.array_parallelism,
+        # One task that dies ends the job: the others would wait in a collective until ddp_timeout.
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
         "slurm_setup": list(resources.setup),
         "slurm_additional_parameters": extra,
     }
@@ -137,7 +139,10 @@ class SlurmExecutor(Executor):
 
     def _executor(self, resources: ResourcesConfig, name: str, dependency: str | None = None):
         submitit = import_submitit()
-        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
+        # The requeue budget is a constructor argument: submitit stores it in each job's pickle, and
+        # the job's USR2 handler requeues only while it lasts.
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=resources.max_requeues)
         executor.update_parameters(**with_fast_allocator(submitit_parameters(resources, name, dependency)))
         return executor
 

@@ -17,6 +17,8 @@ class JobStatus:
     """done / queued / running / failed / not submitted."""
     job_id: str | None
     log_tail: list[str]
+    reason: str | None = None
+    """The failure record's one-line reason (`failure.json`), when the job left one."""
 
 
 def grid_status(root: Path, state_of: Callable[[list[str]], dict[str, str]] = slurm_states,
@@ -29,21 +31,37 @@ def grid_status(root: Path, state_of: Callable[[list[str]], dict[str, str]] = sl
     for job in manifest["jobs"]:
         entry = record.get(job["name"])
         job_id = entry["job_id"] if entry else None
-        statuses.append(JobStatus(job["name"], _state(Path(job["output"]), job_id, states),
-                                  job_id, _tail(root, job_id, tail_lines)))
+        failure = _failure(job)
+        state = _state(Path(job["output"]), job_id, states, failure is not None)
+        statuses.append(JobStatus(job["name"], state, job_id, _tail(root, job_id, tail_lines),
+                                  failure.get("reason") if failure and state.startswith("failed") else None))
     return statuses
 
 
-def _state(output: Path, job_id: str | None, states: dict[str, str]) -> str:
+def _failure(job: dict) -> dict | None:
+    """The job's failure.json, if it left one (plans written before the `failure` key: none)."""
+    path = Path(job["failure"]) if job.get("failure") else None
+    if path is None or not path.exists():
+        return None
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return {"reason": f"unreadable {path}"}
+    return record if isinstance(record, dict) else None
+
+
+def _state(output: Path, job_id: str | None, states: dict[str, str], has_failure: bool) -> str:
     if output.exists():
         return "done"
-    if job_id is None:
-        return "not submitted"
-    slurm = states.get(job_id, "")
+    slurm = states.get(job_id, "") if job_id else ""
     if slurm == "PENDING":
         return "queued"
     if slurm in ACTIVE_STATES:
         return "running"
+    if has_failure:  # local and debug executors leave no Slurm state: the record says it failed
+        return f"failed ({slurm.lower()})" if slurm else "failed"
+    if job_id is None:
+        return "not submitted"
     if slurm == "COMPLETED":
         return "failed (completed without output)"
     return f"failed ({slurm.lower()})" if slurm else "unknown"
@@ -65,6 +83,8 @@ def format_status(statuses: list[JobStatus], show_logs: bool = True) -> str:
     out = []
     for s in statuses:
         out.append(f"{s.name.ljust(width)}  {s.state:<28} {s.job_id or ''}")
+        if s.reason:
+            out.append(f"    reason: {s.reason}")
         if show_logs and s.state.startswith("failed"):
             out.extend(f"    | {line}" for line in s.log_tail)
     counts: dict[str, int] = {}

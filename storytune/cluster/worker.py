@@ -20,6 +20,7 @@ from storytune.paths import (
     GridDir,
     RunDir,
     eval_file,
+    failure_file,
     generations_file,
     read_json,
     run_dir_for,
@@ -122,22 +123,19 @@ def _num(value: float | None) -> str:
 def run_job(job: Job) -> dict:
     """Run one job of a plan (what every executor calls on its worker).
 
-    A fine-tune or evaluation job that raises (a NaN loss included: `NonFiniteLossCheck`) leaves
-    `<run dir>/failure.json` (`failure_record`) and re-raises, so the executor reports it failed and
-    the other cells go on; a later success removes the record."""
+    A job that raises (a NaN loss included: `NonFiniteLossCheck`; a spent requeue budget: submitit's
+    UncompletedJobError) leaves `failure.json` (`failure_record`, at `job.failure`) and re-raises, so
+    the executor reports it failed and the other cells go on; a later success removes the record."""
     export_slurm_distributed_env()
     setup_logging()
-    if job.kind not in ("finetune", "evaluate"):
-        return _run_job(job)
-    run_dir = job.run_dir
     try:
         payload = _run_job(job)
     except Exception as err:  # not KeyboardInterrupt/SystemExit: a preempted or requeued job has not failed
         if is_main_process():
-            write_failure(run_dir, job, err)
+            write_failure(job.failure, job, err)
         raise
     if is_main_process():
-        run_dir.failure.unlink(missing_ok=True)
+        job.failure.unlink(missing_ok=True)
     return payload
 
 
@@ -156,18 +154,19 @@ def failure_record(job: Job, err: BaseException, attempt: int) -> dict:
             "time": datetime.now(UTC).isoformat(timespec="seconds"), "attempt": attempt}
 
 
-def write_failure(run_dir: RunDir, job: Job, err: Exception) -> None:
+def write_failure(path: Path, job: Job, err: Exception) -> None:
     """Write failure.json atomically; `attempt` counts failures in a row (1 + the previous record's)."""
     try:
-        attempt = int(read_json(run_dir.failure).get("attempt", 0)) + 1
+        attempt = int(read_json(path).get("attempt", 0)) + 1
     except (OSError, ValueError, AttributeError):  # none yet (or unreadable): this is the first
         attempt = 1
     try:
-        write_json_atomic(run_dir.failure, failure_record(job, err, attempt))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, failure_record(job, err, attempt))
     except (OSError, ValueError) as write_error:  # never hide the job's own error behind this one
-        log.error("could not write %s: %s", run_dir.failure, write_error)
+        log.error("could not write %s: %s", path, write_error)
         return
-    log.error("%s failed: %s (recorded in %s)", job.name, first_line(err), run_dir.failure)
+    log.error("%s failed: %s (recorded in %s)", job.name, first_line(err), path)
 
 
 def _run_job(job: Job) -> dict:
@@ -295,7 +294,8 @@ def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
         replay=bool(manifest.get("replay")),
         base=BaseData(name=name, is_random=bool(base.get("random")),
                       eval=_read_if_exists(eval_file(grid.base_eval_dir)),
-                      generations=read_generations(base_generations) if base_generations.exists() else None),
+                      generations=read_generations(base_generations) if base_generations.exists() else None,
+                      failure=_read_if_exists(failure_file(grid.base_eval_dir))),
         provenance={"config_hash": base.get("config_hash"), "git_commit": git_commit(),
                     "versions": library_versions()})
 

@@ -79,6 +79,7 @@ from storytune.eval.scorer import (  # EvalError: re-exported, the job's expecte
     load_scorer,
     scorer_cache_root,
 )
+from storytune.faults import pause_if_requested
 from storytune.paths import GENERATIONS_FILE, eval_file, generations_file, read_json, write_json_atomic
 from storytune.process import is_main_process, library_versions
 from storytune.train.data import prepare_data
@@ -487,6 +488,7 @@ def evaluate_model(config: RunConfig, model_path: str, out_dir: Path, model_labe
             evaluation = Evaluation(samples=generate_samples(lm, prompts, config.generation, device,
                                                              config.eval.length_match_tokens))
         log_samples(evaluation.samples, model_label)
+        pause_if_requested(f"evaluate:{model_label}", out_dir)  # test-only; off unless STORYTUNE_TEST_PAUSE is set
         score(evaluation, lm, scorer, encoder, stories, config, device, timer)
     records = build_records(evaluation.samples, evaluation.per_sample, model_label, config.generation)
     payload = eval_payload(evaluation, config, model_path, model_label, base_model, scorer, encoder,

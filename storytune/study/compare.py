@@ -65,6 +65,8 @@ class BaseData:
     is_random: bool
     eval: dict[str, Any] | None = None
     generations: list[dict[str, Any]] | None = None
+    failure: dict[str, Any] | None = None
+    """Its evaluation's failure.json, when that job failed."""
 
 
 @dataclass
@@ -347,7 +349,12 @@ def summarize(cells: Sequence[CellData], context: Context) -> dict[str, Any]:
         warnings.append(f"{len(failed)} of {len(cells)} cells have no result (failed or not run): "
                         f"{', '.join(failed)}.{reasons}")
     if missing_evals:
-        warnings.append(f"{len(missing_evals)} finished cells have no evaluation: {', '.join(missing_evals)}.")
+        reasons = "".join(f" — {c.run_id}: {c.failure.get('reason', '?')}" for c in done
+                          if c.eval is None and c.failure)
+        warnings.append(f"{len(missing_evals)} finished cells have no evaluation: {', '.join(missing_evals)}.{reasons}")
+    if base.eval is None and base.failure:
+        warnings.append(f"The base model's evaluation failed: {base.failure.get('reason', '?')}. No comparison "
+                        "with the base model is possible.")
     if not done:
         warnings.append("No cell has finished: there is nothing to compare yet.")
     budget = _budget(done)

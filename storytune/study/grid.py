@@ -55,6 +55,10 @@ class ResourcesConfig:
     """Memory per node in GB; None = the partition's default."""
     array_parallelism: int = 64
     """Most array tasks running at once (the `%N` throttle)."""
+    max_requeues: int = 3
+    """Times a job that reaches its time limit is checkpointed and requeued (submitit's
+    `max_num_timeout`); a preempted job is always requeued. Past the limit the job fails with a
+    failure record. Either way a requeued cell resumes from its newest complete checkpoint."""
     sbatch: dict[str, Any] = field(default_factory=dict)
     """Extra sbatch options, e.g. {constraint: a100, exclusive: true}."""
     setup: list[str] = field(default_factory=list)
@@ -66,6 +70,9 @@ class ResourcesConfig:
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 problems.append(Problem(key, f"must be a positive integer, got {value!r}"))
+        if not (isinstance(self.max_requeues, int) and not isinstance(self.max_requeues, bool)
+                and self.max_requeues >= 0):
+            problems.append(Problem("max_requeues", f"must be an integer >= 0, got {self.max_requeues!r}"))
         if not (isinstance(self.gpus_per_node, int) and self.gpus_per_node >= 0):
             problems.append(Problem("gpus_per_node", f"must be an integer >= 0, got {self.gpus_per_node!r}"))
         tasks = self.tasks_per_node

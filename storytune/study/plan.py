@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from storytune.config import RunConfig
-from storytune.paths import GridDir, RunDir, config_hash, eval_file
+from storytune.paths import GridDir, RunDir, config_hash, eval_file, failure_file
 from storytune.study.grid import Cell, Grid
 
 JobKind = Literal["finetune", "evaluate", "evaluate_base", "aggregate"]
@@ -46,6 +46,19 @@ class Job:
     def output(self) -> Path:
         """The file whose existence means this job is complete."""
         return output_file(self.kind, Path(self.grid_root), self.run_id)
+
+    @property
+    def failure(self) -> Path:
+        return failure_record_file(self.kind, Path(self.grid_root), self.run_id)
+
+
+def failure_record_file(kind: JobKind, grid_root: Path, run_id: str | None) -> Path:
+    """Where a job of this kind leaves `failure.json`: a cell's run directory (fine-tune and its
+    evaluation), the base evaluation's folder, or the report folder (aggregation)."""
+    grid = GridDir(grid_root)
+    if kind in ("finetune", "evaluate"):
+        return grid.run(str(run_id)).failure
+    return failure_file(grid.base_eval_dir if kind == "evaluate_base" else grid.report)
 
 
 def output_file(kind: JobKind, grid_root: Path, run_id: str | None) -> Path:
@@ -86,7 +99,7 @@ class Plan:
         return {"grid": self.grid_name, "root": str(self.root), "replay": self.replay,
                 "base_model": self.base_model, "cells": self.cells,
                 "jobs": [{"name": j.name, "kind": j.kind, "run_id": j.run_id, "depends_on": list(j.depends_on),
-                          "output": str(j.output)} for j in self.jobs]}
+                          "output": str(j.output), "failure": str(j.failure)} for j in self.jobs]}
 
 
 def make_plan(grid: Grid, force: bool = False) -> Plan:

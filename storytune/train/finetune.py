@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
-from storytune.paths import RunDir
+from storytune.faults import install_save_pauses
+from storytune.paths import RunDir, read_json, write_json_atomic
 from storytune.train.data import DataSummary, lm_collator, prepare_data
 from storytune.train.hardware import check_hardware
 from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
@@ -58,9 +59,9 @@ class FinetuneResult:
     test_loss: dict[str, Any]
     """Generalization: {mean, ci_low, ci_high, n_stories} on the held-out test stories (`heldout`)."""
     base_eval_loss: float | None
-    """Validation loss of the base model before any training (None when resumed or under DeepSpeed)."""
+    """Validation loss of the base model before any training (a resumed run reads its first attempt's)."""
     base_test_loss: dict[str, Any] | None
-    """Test loss of the base model (same stories, same definition; None when resumed or under DeepSpeed)."""
+    """Test loss of the base model (same stories, same definition)."""
     patience_counter_at_stop: int | None
     train_tokens: int
     """Tokens trained on: stop_step x tokens_per_step."""
@@ -209,14 +210,16 @@ def early_stopping_callbacks(stopping: EarlyStoppingConfig) -> list[TrainerCallb
     return [StoppingCallback(early_stopping_patience=stopping.patience, early_stopping_threshold=stopping.threshold)]
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest COMPLETE `checkpoint-<step>` folder in `output_dir` (None: start fresh).
+def last_checkpoint(output_dir: Path, before_step: int | None = None) -> str | None:
+    """The newest COMPLETE `checkpoint-<step>` folder in `output_dir`, of a step below `before_step` if
+    given (None: start fresh).
 
     A job killed mid-save leaves a folder that transformers' `get_last_checkpoint` would pick. Such
     folders are logged and ignored (not deleted: the Trainer's rotation or the final cleanup removes them)."""
     if not output_dir.is_dir():
         return None
-    folders = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+    folders = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)
+               and (before_step is None or int(p.name.rsplit("-", 1)[1]) < before_step)]
     for folder in sorted(folders, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
         if (problem := checkpoint_problem(folder)) is None:
             return str(folder)
@@ -293,13 +296,59 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         processing_class=tokenizer,
         callbacks=[*early_stopping_callbacks(config.early_stopping), NonFiniteLossCheck(), *extra_callbacks],
     )
+    install_save_pauses(trainer, run_dir.path)  # test-only; off unless STORYTUNE_TEST_PAUSE is set
     return Prepared(trainer, summary, base, splits["test_blocks"])
 
 
-def validation_loss(trainer: Trainer) -> float:
-    """The stopping criterion of the trainer's current weights (not logged, not counted against patience)."""
+def validation_loss(trainer: Trainer, prefix: str = "kept") -> float:
+    """The stopping criterion of the trainer's current weights, logged as `<prefix>_loss`: not counted
+    against patience, not a best-model candidate, not in `eval_history` (those read `eval_validation_loss`)."""
     dataset = trainer.eval_dataset[VALIDATION]
-    return trainer.evaluate(eval_dataset=dataset, metric_key_prefix="kept")["kept_loss"]
+    return trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)[f"{prefix}_loss"]
+
+
+BASE_PREFIX = "eval_base"
+"""Metric prefix of the base model's validation loss (W&B: `eval/base_loss` at step 0 under DeepSpeed)."""
+
+
+class BaseModelScore(TrainerCallback):
+    """The base model's validation loss and per-story test losses, measured before the first step.
+
+    Without DeepSpeed, `score()` runs before `train()` (then `unprepare_after_eval`). Under DeepSpeed the
+    callback scores at `on_train_begin`: inside `train()`, once the engine exists, before any step
+    (transformers 5.24 reads: `evaluate()` before `train()` calls `deepspeed_init(inference=True)`, which
+    raises for ZeRO < 3, and under ZeRO-3 wraps the model in an optimizer-less engine that `train()` then
+    reuses instead of building the training engine; a plain forward is wrong under ZeRO-3, whose parameters
+    are partitioned at load time). `eval_on_start` evaluates at the same point, but under the stopping
+    metric's name: a step-0 point in `eval_history` and W&B, a `StoppingCallback` call, and again on every
+    resume, where it would count the resumed checkpoint's evaluation against patience a second time.
+    Here the metrics are named `eval_base_*` (`validation_loss`), which nothing of the stopping rule reads."""
+
+    def __init__(self, trainer: Trainer, test_blocks: Any, n_stories: int, record: Path) -> None:
+        self.trainer, self.test_blocks, self.n_stories, self.record = trainer, test_blocks, n_stories, record
+        self.eval_loss: float | None = None
+        self.stories: StoryLosses | None = None
+        self.seconds_in_train = 0.0
+        """Time spent scoring inside `train()`: not training, so not counted in `wall_time_s`."""
+
+    def score(self, record: Path) -> None:
+        """Measure, and (main process) keep the numbers in `record` for a resumed attempt."""
+        self.eval_loss = validation_loss(self.trainer, prefix=BASE_PREFIX)
+        self.stories = score_stories(self.trainer, self.test_blocks, self.n_stories)
+        if self.trainer.is_world_process_zero():
+            write_json_atomic(record, {"eval_loss": self.eval_loss, "test_story_losses": self.stories.to_dict()})
+
+    def load(self, record: Path) -> None:
+        """A resumed attempt: the first attempt's numbers (none if it died before measuring)."""
+        if record.exists():
+            saved = read_json(record)
+            self.eval_loss, self.stories = saved["eval_loss"], StoryLosses(**saved["test_story_losses"])
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 0 and self.eval_loss is None:  # registered only for a fresh start
+            started = time.perf_counter()
+            self.score(self.record)
+            self.seconds_in_train = time.perf_counter() - started
 
 
 def unprepare_after_eval(trainer: Trainer) -> None:
@@ -311,7 +360,7 @@ def unprepare_after_eval(trainer: Trainer) -> None:
     ranks' gradient norms differed at step 1 and validation loss after 30 steps was 0.1 nats worse than
     the single-process run of the same global batch). Forget that preparation; nothing else was prepared yet."""
     if trainer.is_deepspeed_enabled:
-        return  # evaluation never ran before train() under DeepSpeed (see `measure_base`)
+        return  # evaluation never runs before train() under DeepSpeed (see `BaseModelScore`)
     trainer.accelerator.free_memory()
     if getattr(trainer.model, "_is_accelerate_prepared", False):
         del trainer.model._is_accelerate_prepared
@@ -326,13 +375,23 @@ def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[Train
     prepared = build_trainer(config, run_dir, extra_callbacks, keep_all_checkpoints)
     trainer = prepared.trainer
     resume_from = last_checkpoint(run_dir.checkpoints)
-    # The base model's loss before any step. Skipped on resume (it was measured then) and under
-    # DeepSpeed, whose engine only exists once training starts (evaluating first needs ZeRO-3).
-    measure_base = not resume_from and deepspeed_config(config.train) is None
-    base_eval_loss = validation_loss(trainer) if measure_base else None
-    base_stories = score_stories(trainer, prepared.test_blocks, prepared.summary.stories["test"]) if measure_base \
-        else None
-    if measure_base:
+    if resume_from and trainer.is_deepspeed_enabled and stopped_at(resume_from, config.early_stopping):
+        # Killed after its stopping evaluation. `finish_from_checkpoint` cannot work here: DeepSpeed's
+        # engine exists only inside train() (ZeRO-2 cannot even evaluate without it; ZeRO-3's partitioned
+        # parameters cannot take a plain state dict). Training resumes from the checkpoint before instead
+        # and repeats the same steps (same data order, restored RNG and patience) up to the same stop.
+        stop = _checkpoint_step(resume_from)
+        resume_from = last_checkpoint(run_dir.checkpoints, before_step=stop)
+        log.info("checkpoint-%s is the stopping evaluation's: under DeepSpeed, training again from %s", stop,
+                 resume_from or "the start")
+    # The base model's losses before any step; a resumed run reads its first attempt's.
+    base = BaseModelScore(trainer, prepared.test_blocks, prepared.summary.stories["test"], run_dir.base_scores)
+    if resume_from:
+        base.load(run_dir.base_scores)
+    elif trainer.is_deepspeed_enabled:
+        trainer.add_callback(base)  # scores inside train(), once the DeepSpeed engine exists
+    else:
+        base.score(run_dir.base_scores)
         unprepare_after_eval(trainer)
     if trainer.is_world_process_zero():
         log.info(describe_budget(config.train, trainer.args, tokens_per_step(trainer.args, config), prepared.summary))
@@ -347,7 +406,7 @@ def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[Train
         finish_from_checkpoint(trainer, resume_from, config.early_stopping)
     else:
         trainer.train(resume_from_checkpoint=resume_from)
-    wall_time_s = time.perf_counter() - started
+    wall_time_s = time.perf_counter() - started - base.seconds_in_train
 
     # Snapshot before the next evaluations: they would log points.
     history, patience = eval_history(trainer.state.log_history, tokens_per_step(trainer.args, config)), \
@@ -355,11 +414,11 @@ def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[Train
     kept_eval_loss = validation_loss(trainer)
     story_losses = score_stories(trainer, prepared.test_blocks, prepared.summary.stories["test"])
     trainer.save_model(str(run_dir.model))  # rank 0 writes; gathers ZeRO-3 shards when needed
-    result = collect_result(config, trainer, prepared, base_eval_loss, kept_eval_loss, story_losses,
+    result = collect_result(config, trainer, prepared, base.eval_loss, kept_eval_loss, story_losses,
                             wall_time_s, history, patience, resume_from, run_dir)
-    if base_stories is not None:
-        result.base_test_loss = test_loss_interval(base_stories, seed=config.train.seed)
-        result.base_test_story_losses = base_stories.to_dict()
+    if base.stories is not None:
+        result.base_test_loss = test_loss_interval(base.stories, seed=config.train.seed)
+        result.base_test_story_losses = base.stories.to_dict()
     if not keep_all_checkpoints:  # else replay evaluates with this group next; its caller ends it
         end_process_group()
     return result, prepared

@@ -45,6 +45,7 @@ def test_parameters_map_resources() -> None:
     assert params["slurm_additional_parameters"]["dependency"] == "afterany:1:2"
     assert params["slurm_additional_parameters"]["qos"] == "high"
     assert "gpus_per_node" not in params
+    assert params["slurm_srun_args"] == ["--kill-on-bad-exit=1"]  # a dead rank ends the job, no hang
 
 
 class RecordingSlurm(SlurmExecutor):
@@ -311,3 +312,24 @@ def test_tasks_per_node_must_be_positive() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="tasks_per_node"):
             ResourcesConfig(tasks_per_node=bad)
+
+
+def test_max_requeues_is_submitits_timeout_budget(tmp_path: Path) -> None:
+    g = grid(tmp_path)
+    executor = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources)
+    assert executor._executor(ResourcesConfig(max_requeues=0), "n")._executor.max_num_timeout == 0
+    assert executor._executor(ResourcesConfig(), "n")._executor.max_num_timeout == 3
+
+
+def test_status_shows_failure_records_without_slurm(tmp_path: Path) -> None:
+    """Local and debug runs leave no Slurm state: failure.json alone says a job failed, and why."""
+    plan = make_plan(grid(tmp_path / "out"))
+    write_manifest(plan)
+    failed_eval, base = plan.evaluations[2], plan.base_evaluation
+    write_json_atomic(failed_eval.failure, {"reason": "CUDA out of memory"})
+    write_json_atomic(base.failure, {"reason": "base model not in the cache"})
+    states = {s.name: s for s in grid_status(plan.root, state_of=lambda ids: {})}
+    assert (states[failed_eval.name].state, states[failed_eval.name].reason) == ("failed", "CUDA out of memory")
+    assert (states["evaluate/base"].state, states["evaluate/base"].reason) == ("failed", "base model not in the cache")
+    assert states[plan.evaluations[0].name].state == "not submitted" and states["aggregate"].reason is None
+    assert "    reason: CUDA out of memory" in format_status(list(states.values()))

@@ -65,3 +65,23 @@ def test_nan_cell_is_recorded_reported_and_alone_resubmitted(stories_dir: Path, 
     assert "skipped (done)" in outcome[f"finetune/{done[0]}"]
     assert "failed" in outcome[f"finetune/{failed[0]}"]
     assert json.loads((runs[failed[0]] / "failure.json").read_text())["attempt"] == 2
+
+
+def test_every_job_kind_leaves_its_failure_record(tmp_path: Path) -> None:
+    """The base evaluation and the aggregation record failures too, in their own folders."""
+    import pytest
+
+    from storytune.cluster.worker import run_job
+    from storytune.paths import GridDir
+    from storytune.study.grid import expand_grid
+    from storytune.study.plan import make_plan
+
+    plan = make_plan(expand_grid({"name": "g", "output_dir": str(tmp_path),
+                                  "base": {"model": {"name": "tiny"}, "data": {"files": [str(tmp_path / "none")]}}}))
+    # No plan.json was written, so the aggregation cannot read the grid.
+    with pytest.raises(FileNotFoundError):
+        run_job(plan.aggregation)
+    record = json.loads(plan.aggregation.failure.read_text())
+    assert plan.aggregation.failure == GridDir(plan.root).report / "failure.json"
+    assert record["kind"] == "aggregate" and "plan.json" in record["reason"]
+    assert plan.base_evaluation.failure == GridDir(plan.root).base_eval_dir / "failure.json"

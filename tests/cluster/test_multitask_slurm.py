@@ -106,3 +106,65 @@ def test_two_task_cpu_cell_matches_one_process(slurm_cluster, stories_dir: Path,
     assert "ran all 20 steps" in out[0] and "ran all 20 steps" not in out[1]
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert summary["cells"]["failed"] == []
+
+
+KILL_TO_END_S = 60
+"""Seconds from killing one task to the job's end. With srun's --kill-on-bad-exit it took 30.7 s
+here: srun sends the other task SIGTERM, which submitit ignores, then SIGKILL after Slurm's KillWait
+(30 s). Without it the job was still running after 60 s: the surviving task (here held in a 600 s test
+pause) would then wait in its next collective until train.ddp_timeout_s."""
+
+
+def task_pids(job_id: str, global_rank: int) -> list[int]:
+    """PIDs of one task of a running job (`scontrol listpids`: PID JOBID STEPID LOCALID GLOBALID)."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    return [int(row[0]) for row in rows if len(row) == 5 and row[2] != "batch" and row[4] == str(global_rank)]
+
+
+def test_a_dead_task_ends_the_whole_job(slurm_cluster, stories_dir: Path, data_cache: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from storytune.faults import marker
+
+    model = dropout_free_tiny(tmp_path / "base")
+    base = nested(overrides(stories_dir, data_cache, tmp_path / "unused", model, {"train.batch_size": 2}))
+    base.pop("output")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(json.dumps({
+        "name": "deadtask", "output_dir": str(tmp_path / "grid"), "evaluate": False, "base": base,
+        "resources": {"tasks_per_node": 2, "cpus_per_task": 1, "time_min": 15},
+        "eval_resources": {"cpus_per_task": 1, "time_min": 15},
+    }))
+    # Rank 0 holds after its step-10 checkpoint (test-only pause); rank 1 goes on into the next
+    # step's all-reduce and waits there: then rank 1 dies, as an out-of-memory kill would do it.
+    env = {**ENV, "STORYTUNE_TEST_PAUSE": "after-save:10"}
+    submitted = subprocess.run([sys.executable, "launch/submit.py", "--grid", str(grid), "--executor", "slurm"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    root = tmp_path / "grid" / "deadtask"
+    record = json.loads((root / "submissions.json").read_text())
+    ((cell, entry),) = [(name, entry) for name, entry in record.items() if name.startswith("finetune/")]
+    job_id = entry["job_id"]
+    run = GridDir(root).run(cell.split("/", 1)[1])
+    wait_for(marker(run.path, "after-save:10"), [job_id, record["aggregate"]["job_id"]])
+
+    pids = task_pids(job_id, 1)
+    assert pids, subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
+    killed = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    while (state := job_state(job_id)) in ("", "RUNNING", "COMPLETING"):
+        assert time.monotonic() - killed < KILL_TO_END_S, f"job {job_id} still {state} after {KILL_TO_END_S} s"
+        time.sleep(1)
+    print(f"\njob {job_id} ended {time.monotonic() - killed:.1f} s after task 1 was killed: {state}")
+    assert state == "FAILED" and not run.result.exists()
+    wait_for(root / "report" / "summary.json", [record["aggregate"]["job_id"]])
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["cells"]["failed"] == [run.path.name]
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    return out.stdout.split()[0] if out.stdout.split() else ""

@@ -117,3 +117,13 @@ def test_no_finished_cell_gives_a_message_not_a_traceback() -> None:
     summary = summarize(data, context())
     assert "No cell has finished" in " ".join(summary["warnings"])
     assert summary["findings"] == [] and summary["cells"]["finished"] == 0
+
+
+def test_a_failed_base_evaluation_is_warned_with_its_reason() -> None:
+    import dataclasses
+
+    ctx = context(is_random=False)
+    ctx.base = dataclasses.replace(ctx.base, failure={"reason": "gpt2 is not in the Hugging Face cache"})
+    summary = summarize(cells(0.0), ctx)
+    assert ("The base model's evaluation failed: gpt2 is not in the Hugging Face cache. No comparison with the "
+            "base model is possible.") in summary["warnings"]

@@ -44,6 +44,9 @@ def test_newest_complete_checkpoint_wins_over_newer_incomplete_ones(tmp_path: Pa
                        "skipping incomplete checkpoint-40: unreadable trainer_state.json (JSONDecodeError)",
                        "skipping incomplete checkpoint-30: missing optimizer.pt"]
     assert (tmp_path / "checkpoint-30").is_dir(), "incomplete folders are left for the Trainer's rotation"
+    # Below a step (DeepSpeed's resume before a stopping checkpoint): the newest complete one under it.
+    assert last_checkpoint(tmp_path, before_step=20) == str(tmp_path / "checkpoint-10")
+    assert last_checkpoint(tmp_path, before_step=10) is None
 
 
 def test_deepspeed_checkpoint_counts_with_its_global_step_folder(tmp_path: Path) -> None:
@@ -82,3 +85,4 @@ def test_resume_skips_a_damaged_newest_checkpoint(damage: Callable[[Path], None]
     assert resumed["resumed_from_step"] == 10
     assert resumed["stop_step"] == straight["stop_step"] == 20
     assert resumed["kept_eval_loss"] == pytest.approx(straight["kept_eval_loss"], abs=1e-4)
+    assert resumed["base_eval_loss"] == pytest.approx(straight["base_eval_loss"], abs=1e-6)  # base_scores.json

@@ -26,4 +26,4 @@ source .venv/bin/activate
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output <ROOT>/g/logs/%A_%a/%A_%a_%t_log.out --error <ROOT>/g/logs/%A_%a/%A_%a_%t_log.err <PYTHON> -u -m submitit.core._submit <ROOT>/g/logs/%j
+srun --unbuffered --output <ROOT>/g/logs/%A_%a/%A_%a_%t_log.out --error <ROOT>/g/logs/%A_%a/%A_%a_%t_log.err --kill-on-bad-exit=1 <PYTHON> -u -m submitit.core._submit <ROOT>/g/logs/%j

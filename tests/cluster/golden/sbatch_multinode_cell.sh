@@ -20,4 +20,4 @@ export MALLOC_TRIM_THRESHOLD_=68719476736
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output <ROOT>/mn/logs/%j/%j_%t_log.out --error <ROOT>/mn/logs/%j/%j_%t_log.err <PYTHON> -u -m submitit.core._submit <ROOT>/mn/logs/%j
+srun --unbuffered --output <ROOT>/mn/logs/%j/%j_%t_log.out --error <ROOT>/mn/logs/%j/%j_%t_log.err --kill-on-bad-exit=1 <PYTHON> -u -m submitit.core._submit <ROOT>/mn/logs/%j

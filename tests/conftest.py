@@ -46,6 +46,13 @@ def tiny_overrides(stories_dir: Path, cache: Path, out: Path, extra: dict[str, o
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def slurm_job_state(job_id: str) -> str:
+    """The job's state in sacct's accounting, first word only ("CANCELLED by 0" -> "CANCELLED");
+    "" while sacct does not know the job yet (it lags 1-3 s behind sbatch here)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    return out.stdout.split()[0] if out.stdout.split() else ""
+
+
 CLUSTER_SCRIPT = REPO / "slurm" / "local_cluster.sh"
 
 

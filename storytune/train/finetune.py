@@ -331,23 +331,23 @@ class BaseModelScore(TrainerCallback):
         self.seconds_in_train = 0.0
         """Time spent scoring inside `train()`: not training, so not counted in `wall_time_s`."""
 
-    def score(self, record: Path) -> None:
-        """Measure, and (main process) keep the numbers in `record` for a resumed attempt."""
+    def score(self) -> None:
+        """Measure, and (main process) keep the numbers in `self.record` for a resumed attempt."""
         self.eval_loss = validation_loss(self.trainer, prefix=BASE_PREFIX)
         self.stories = score_stories(self.trainer, self.test_blocks, self.n_stories)
         if self.trainer.is_world_process_zero():
-            write_json_atomic(record, {"eval_loss": self.eval_loss, "test_story_losses": self.stories.to_dict()})
+            write_json_atomic(self.record, {"eval_loss": self.eval_loss, "test_story_losses": self.stories.to_dict()})
 
-    def load(self, record: Path) -> None:
+    def load(self) -> None:
         """A resumed attempt: the first attempt's numbers (none if it died before measuring)."""
-        if record.exists():
-            saved = read_json(record)
+        if self.record.exists():
+            saved = read_json(self.record)
             self.eval_loss, self.stories = saved["eval_loss"], StoryLosses(**saved["test_story_losses"])
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == 0 and self.eval_loss is None:  # registered only for a fresh start
             started = time.perf_counter()
-            self.score(self.record)
+            self.score()
             self.seconds_in_train = time.perf_counter() - started
 
 
@@ -387,11 +387,11 @@ def finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[Train
     # The base model's losses before any step; a resumed run reads its first attempt's.
     base = BaseModelScore(trainer, prepared.test_blocks, prepared.summary.stories["test"], run_dir.base_scores)
     if resume_from:
-        base.load(run_dir.base_scores)
+        base.load()
     elif trainer.is_deepspeed_enabled:
         trainer.add_callback(base)  # scores inside train(), once the DeepSpeed engine exists
     else:
-        base.score(run_dir.base_scores)
+        base.score()
         unprepare_after_eval(trainer)
     if trainer.is_world_process_zero():
         log.info(describe_budget(config.train, trainer.args, tokens_per_step(trainer.args, config), prepared.summary))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, slurm_job_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -39,9 +39,8 @@ def wait_until_finished(job_id: str, timeout_s: float = 120) -> None:
     """summary.json appears before the aggregation job has left Slurm's queue."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
-                               text=True).stdout.strip()
-        if state and state.split()[0] not in ("PENDING", "RUNNING", "COMPLETING"):
+        state = slurm_job_state(job_id)
+        if state and state not in ("PENDING", "RUNNING", "COMPLETING"):
             return
         time.sleep(1)
     pytest.fail(f"job {job_id} still queued or running after {timeout_s} s")

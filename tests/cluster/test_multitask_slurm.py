@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dist_helpers import ENV, dropout_free_tiny, eval_losses, overrides, single_result
 
-from conftest import REPO
+from conftest import REPO, slurm_job_state
 from storytune.paths import GridDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -155,7 +155,7 @@ def test_a_dead_task_ends_the_whole_job(slurm_cluster, stories_dir: Path, data_c
     killed = time.monotonic()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    while (state := job_state(job_id)) in ("", "RUNNING", "COMPLETING"):
+    while (state := slurm_job_state(job_id)) in ("", "RUNNING", "COMPLETING"):
         assert time.monotonic() - killed < KILL_TO_END_S, f"job {job_id} still {state} after {KILL_TO_END_S} s"
         time.sleep(1)
     print(f"\njob {job_id} ended {time.monotonic() - killed:.1f} s after task 1 was killed: {state}")
@@ -164,7 +164,3 @@ def test_a_dead_task_ends_the_whole_job(slurm_cluster, stories_dir: Path, data_c
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert summary["cells"]["failed"] == [run.path.name]
 
-
-def job_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
-    return out.stdout.split()[0] if out.stdout.split() else ""

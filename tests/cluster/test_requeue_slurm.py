@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, slurm_job_state
 from storytune.faults import marker
 from storytune.paths import GridDir, eval_file, generations_file
 
@@ -116,14 +116,9 @@ def wait_for(path: Path, cell: Cell, timeout_s: float = TIMEOUT_S) -> None:
         time.sleep(1)
 
 
-def slurm_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
-    return out.stdout.split()[0] if out.stdout.split() else ""
-
-
 def wait_for_state(job_id: str, states: set[str], timeout_s: float = 120) -> str:
     deadline = time.monotonic() + timeout_s
-    while (state := slurm_state(job_id)) not in states:
+    while (state := slurm_job_state(job_id)) not in states:
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job_id], check=False)
             pytest.fail(f"job {job_id} is {state!r}, not one of {states}, after {timeout_s} s")

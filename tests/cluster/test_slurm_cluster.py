@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slurm_job_state
+
 pytestmark = pytest.mark.slurm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -20,26 +22,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 120
 
 
-def _sacct_state(job_id: str) -> str:
-    out = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return out.splitlines()[0].strip() if out else ""
-
-
 def _wait_for_sacct_state(job_id: str, wanted: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
     """Poll sacct until the job reaches `wanted` or a different final state."""
     finished = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
     deadline = time.monotonic() + timeout_s
     state = ""
     while time.monotonic() < deadline:
-        state = _sacct_state(job_id)
-        if state == wanted:
-            return state
-        if state.split() and state.split()[0] in finished:  # e.g. "CANCELLED by 0"
+        state = slurm_job_state(job_id)
+        if state == wanted or state in finished:
             return state
         time.sleep(0.5)
     return state

@@ -2,7 +2,7 @@
 
     python jobs/evaluate.py --run-dir RUN_DIR                  # RUN_DIR/model -> RUN_DIR/eval/
     python jobs/evaluate.py --config RUN_DIR/config.yaml       # the same
-    python jobs/evaluate.py --run-dir RUN_DIR --base           # the run's base model -> <output.dir>/base/eval/
+    python jobs/evaluate.py --run-dir RUN_DIR --base           # the run's base model -> <output.dir>/base/eval-<key>/
     python jobs/evaluate.py --config CFG --model PATH_OR_NAME --out DIR [key.path=value ...]
 
 Overrides (`generation.num_prompts=20`, ...) apply on top of the config. An output folder that

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storytune.config import ConfigError, RunConfig, load_run_config
-from storytune.paths import GridDir, OutputError, RunDir
+from storytune.paths import GridDir, OutputError, RunDir, evaluation_key
 from storytune.train.data import DataError
 from storytune.train.model import ModelLoadError
 
@@ -128,7 +128,7 @@ def resolve_target(args: argparse.Namespace, config: RunConfig, cfg_path: Path) 
         raise UsageError("--base and --model exclude each other")
     run_dir = RunDir(Path(args.run_dir) if args.run_dir else cfg_path.parent)
     if args.base:
-        out = Path(args.out) if args.out else GridDir(Path(config.output.dir)).base_eval_dir
+        out = Path(args.out) if args.out else GridDir(Path(config.output.dir)).base_eval(evaluation_key(config))
         return Target(resolve_base_model(config.model, config.output.dir), out, args.label or "base")
     if args.model:
         if not args.out:
@@ -184,7 +184,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="a fine-tuning run directory (its config.yaml and model/)")
     parser.add_argument("--model", help="model path or hub name to evaluate instead of the run's model/")
     parser.add_argument("--base", action="store_true", help="evaluate the run's base model")
-    parser.add_argument("--out", help="output folder (default RUN_DIR/eval, or <output.dir>/base/eval with --base)")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/eval, or <output.dir>/base/eval-<key> with "
+                                      "--base; <key> hashes the model, data, generation and eval settings)")
     parser.add_argument("--label", help="model label in the results (default: run name, `base`, or the model)")
     parser.add_argument("--force", action="store_true", help="re-evaluate even if eval.json exists")
     _overrides(parser)

@@ -80,7 +80,7 @@ class RunDir:
 
 EVAL_FILE = "eval.json"
 FAILURE_FILE = "failure.json"
-"""Why a job's last attempt failed: in its run directory, `base/eval/` or `report/` (removed on success)."""
+"""Why a job's last attempt failed: in its run directory, `base/eval-<key>/` or `report/` (removed on success)."""
 GENERATIONS_FILE = "generations.jsonl"
 # The report folder (`GridDir.report`): summary.json (its completion marker) and what renders it.
 SUMMARY_FILE = "summary.json"
@@ -133,9 +133,23 @@ class GridDir:
         return RunDir(self.path / run_id)
 
     @property
-    def base_eval_dir(self) -> Path:
-        """Evaluation of the grid's base model (shared by every cell)."""
-        return self.path / "base" / "eval"
+    def base(self) -> Path:
+        """`base/`: the base model's evaluations, one folder per evaluation key."""
+        return self.path / "base"
+
+    def base_eval(self, key: str) -> Path:
+        """`base/eval-<key>/`: the base model's evaluation under the settings hashed into `key`
+        (`evaluation_key`), so an evaluation made under other settings never counts as done."""
+        return self.base / f"eval-{key}"
+
+    def base_eval_keys_done(self) -> list[str]:
+        """Keys of every base-model evaluation on disk that finished (its eval.json exists)."""
+        return sorted(folder.name.removeprefix("eval-") for folder in self.base.glob("eval-*")
+                      if eval_file(folder).exists())
+
+    def planned_base_eval(self) -> Path:
+        """The base evaluation folder the grid's plan.json names (its key is `base_model.eval_key`)."""
+        return self.base_eval(read_json(self.plan)["base_model"]["eval_key"])
 
     @property
     def report(self) -> Path:
@@ -164,6 +178,22 @@ def config_hash(config: RunConfig) -> str:
     data.pop("output", None)
     data.pop("wandb", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+EVALUATION_INPUTS: dict[str, tuple[str, ...]] = {"model": (), "data": ("cache_dir", "num_proc"),
+                                                 "generation": (), "eval": ("scorer_cache",)}
+"""Config sections an evaluation's result depends on -> keys left out (where caches live, worker
+counts: they change where or how fast, not what is computed)."""
+
+
+def evaluation_key(config: RunConfig) -> str:
+    """Stable short id of everything an evaluation depends on: the model, the data (which stories
+    become prompts and references), generation and scoring settings. It keys the base model's
+    evaluation (`GridDir.base_eval`), as `config_hash` keys a cell's run directory."""
+    data = config.to_dict()
+    inputs = {section: {k: v for k, v in data[section].items() if k not in skipped}
+              for section, skipped in EVALUATION_INPUTS.items()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_run_name(config: RunConfig) -> str:

@@ -14,6 +14,7 @@ import pytest
 from wandb_reader import find_offline_runs, read_offline_run
 
 from conftest import REPO
+from storytune.paths import GridDir
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,8 @@ def test_finetune_runs_are_grouped_tagged_and_summarised(grid_root: Path) -> Non
 
 
 def test_evaluation_runs_carry_metrics_and_samples(grid_root: Path) -> None:
-    for folder in [*grid_root.glob("*/eval"), grid_root / "base" / "eval"]:
+    base_eval = GridDir(grid_root).planned_base_eval()
+    for folder in [*grid_root.glob("*/eval"), base_eval]:
         run = read_offline_run(folder, job_type="evaluate")
         payload = json.loads((folder / "eval.json").read_text())
         assert run.group == "tiny" and run.job_type == "evaluate"
@@ -61,7 +63,7 @@ def test_evaluation_runs_carry_metrics_and_samples(grid_root: Path) -> None:
         assert "eval/coherence_ci_low" in run.summary
         columns, rows = run.table("eval/samples")
         assert columns == ["prompt", "continuation", "reference"] and len(rows) == 4
-    assert "base" in read_offline_run(grid_root / "base" / "eval").tags
+    assert "base" in read_offline_run(base_eval).tags
 
 
 def test_aggregation_run_mirrors_the_report(grid_root: Path) -> None:

@@ -1,9 +1,11 @@
 """One interface, three backends: run a plan on Slurm (submitit), locally (subprocesses), or in-process.
 
 - `slurm`: fine-tunes as one job array, evaluations as a second array whose task i waits for
-  fine-tune task i (`aftercorr`), the base evaluation, and an aggregation job that waits for all of
-  them with `afterany` (so it still runs, and reports failures, when some fail). Submissions are
-  recorded in `<grid root>/submissions.json`; a job still queued or running is not submitted again.
+  fine-tune task i only (`aftercorr`; with replay, evaluation i covers every cell derived from
+  training i), so a failed training cancels its own evaluation and no other; the base evaluation;
+  and an aggregation job on CPU resources of its own that waits for all of them with `afterany` (so
+  it still runs, and reports failures, when some fail). Submissions are recorded in
+  `<grid root>/submissions.json`; a job still queued or running is not submitted again.
 - `local`: the same plan on this machine, in dependency order, N jobs at a time, each a real
   subprocess with its own log (submitit's LocalExecutor).
 - `debug`: in this process, one job after another (for pdb).
@@ -26,7 +28,7 @@ from typing import Any, TextIO
 from storytune.cluster import allocator
 from storytune.errors import last_line
 from storytune.paths import GridDir, write_json_atomic
-from storytune.study.grid import ResourcesConfig
+from storytune.study.grid import ResourcesConfig, default_aggregate_resources
 from storytune.study.plan import Job, Plan
 
 log = logging.getLogger(__name__)
@@ -113,11 +115,19 @@ def with_fast_allocator(params: dict[str, Any]) -> dict[str, Any]:
 class Executor(ABC):
     name: str
 
-    def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig):
+    def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig, *,
+                 aggregate_resources: ResourcesConfig | None = None):
         self.plan = plan
         self.resources = resources
         self.eval_resources = eval_resources
+        self.aggregate_resources = aggregate_resources or default_aggregate_resources(resources)
         self.folder = GridDir(plan.root.resolve()).logs
+
+    def resources_of(self, job: Job) -> ResourcesConfig:
+        """What a job of this kind asks for: training, evaluation (base too), or aggregation (CPU)."""
+        if job.kind == "finetune":
+            return self.resources
+        return self.aggregate_resources if job.kind == "aggregate" else self.eval_resources
 
     @abstractmethod
     def submit(self) -> list[Submitted]:
@@ -132,8 +142,9 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig,
-                 state_of: Callable[[list[str]], dict[str, str]] | None = None):
-        super().__init__(plan, eval_resources, resources)
+                 state_of: Callable[[list[str]], dict[str, str]] | None = None, *,
+                 aggregate_resources: ResourcesConfig | None = None):
+        super().__init__(plan, eval_resources, resources, aggregate_resources=aggregate_resources)
         self.state_of = state_of or slurm_states
         self.record_path = GridDir(plan.root).submissions
 
@@ -162,13 +173,17 @@ class SlurmExecutor(Executor):
         job_ids.update(self._submit_array(base, self.eval_resources, f"{name}-base"))
         # afterany: the aggregation runs even when jobs fail, and reports the failed cells.
         waits = sorted({job_ids[n] for n in self.plan.aggregation.depends_on if n in job_ids})
-        job_ids.update(self._submit_array([self.plan.aggregation], self.eval_resources, f"{name}-aggregate",
+        job_ids.update(self._submit_array([self.plan.aggregation], self.aggregate_resources, f"{name}-aggregate",
                                           "afterany:" + ":".join(waits) if waits else None))
 
         submitted_now = {job: job_id for job, job_id in job_ids.items() if job not in in_flight}
         outcome += [Submitted(job.name, job.kind, "submitted", job_id, self._log(job_id))
                     for job in self.plan.jobs if (job_id := submitted_now.get(job.name))]
-        record.update({job: {"job_id": job_id, "submitted_at": time.time()} for job, job_id in submitted_now.items()})
+        # `output` tells a later submission whether a recorded job made what the plan needs now (a
+        # base evaluation under other settings has the same name but another keyed folder).
+        outputs = {job.name: str(job.output) for job in self.plan.jobs}
+        record.update({job: {"job_id": job_id, "submitted_at": time.time(), "output": outputs[job]}
+                       for job, job_id in submitted_now.items()})
         write_json_atomic(self.record_path, record)
         order = [job.name for job in self.plan.jobs]
         return sorted(outcome, key=lambda s: order.index(s.name))
@@ -176,18 +191,15 @@ class SlurmExecutor(Executor):
     def _submit_evaluations(self, evals: list[Job], finetunes: list[Job], finetune_ids: dict[str, str],
                             job_ids: dict[str, str]) -> dict[str, str]:
         """Evaluations of this submission's fine-tunes as one array, task i after fine-tune task i
-        (`aftercorr`); others (cell fine-tuned earlier, or still queued from an earlier submission)
-        one by one, after their fine-tune if it is still queued."""
+        only (`aftercorr`: a failed fine-tune cancels its own evaluation, no other); others (their
+        fine-tune finished earlier, is still queued from an earlier submission, or the arrays do not
+        line up) one by one, each after its own fine-tune task (`afterok:<array>_<task>`)."""
         name = f"{self.plan.grid_name}-evaluate"
         paired = [job for job in evals if job.depends_on[0] in finetune_ids]
         ids: dict[str, str] = {}
-        if paired:
+        if paired and one_to_one(paired, finetunes):
             array_id = finetune_ids[finetunes[0].name].split("_")[0]
-            # One evaluation per fine-tune: task i after task i. Replay (several cells per
-            # fine-tune): after the whole fine-tune array.
-            one_to_one = [job.depends_on[0] for job in paired] == [job.name for job in finetunes]
-            ids.update(self._submit_array(paired, self.eval_resources, name,
-                                          f"{'aftercorr' if one_to_one else 'afterok'}:{array_id}"))
+            ids.update(self._submit_array(paired, self.eval_resources, name, f"aftercorr:{array_id}"))
         for job in evals:
             if job.name not in ids:
                 upstream = job_ids.get(job.depends_on[0])
@@ -199,9 +211,12 @@ class SlurmExecutor(Executor):
         return str(self.folder / job_id / f"{job_id}_0_log.out")
 
     def _in_flight(self, record: dict[str, dict[str, Any]]) -> set[str]:
-        """Names of unfinished jobs that an earlier submission left queued or running."""
+        """Names of unfinished jobs that an earlier submission left queued or running (and that
+        write the output the plan needs now: not a base evaluation under other settings)."""
         done = {job.name for job in self.plan.jobs if job.done}
-        record = {name: entry for name, entry in record.items() if name not in done}
+        outputs = {job.name: str(job.output) for job in self.plan.jobs}
+        record = {name: entry for name, entry in record.items()
+                  if name not in done and entry.get("output", outputs.get(name)) == outputs.get(name)}
         if not record:
             return set()
         states = self.state_of([entry["job_id"] for entry in record.values()])
@@ -241,20 +256,25 @@ class SlurmExecutor(Executor):
         evals = self.plan.pending("evaluate")
         pending_finetunes = {job.name for job in finetunes}
         paired = [job for job in evals if job.depends_on[0] in pending_finetunes]
-        one_to_one = [job.depends_on[0] for job in paired] == [job.name for job in finetunes]
         stages = [Stage("finetune", f"{name}-finetune", len(finetunes), self.resources, None)]
         if evals:
-            # As `submit`: task i after fine-tune task i (`aftercorr`); replay: after the whole array.
-            dependency = f"{'aftercorr' if one_to_one else 'afterok'}:{placeholder('finetune')}" if paired else None
+            # As `submit`: task i after fine-tune task i only (`aftercorr`), else each after its own task.
+            lined_up = bool(paired) and one_to_one(paired, finetunes)
+            dependency = (f"aftercorr:{placeholder('finetune')}" if lined_up
+                          else f"afterok:{placeholder('finetune')}_<task> (one job each)" if paired else None)
+            cells = sum(len(job.cells) for job in evals)
+            notes = [f"{cells} cells, each distinct kept checkpoint evaluated once"] if cells > len(evals) else []
+            if len(paired) < len(evals):
+                notes.append(f"{len(evals) - len(paired)} of them after fine-tunes finished earlier")
             stages.append(Stage("evaluate", f"{name}-evaluate", len(evals), self.eval_resources, dependency,
-                                note=f"{len(evals) - len(paired)} of them after fine-tunes finished earlier"
-                                if len(paired) < len(evals) else ""))
+                                note="; ".join(notes)))
         if self.plan.base_evaluation and not self.plan.base_evaluation.done:
-            stages.append(Stage("evaluate_base", f"{name}-base", 1, self.eval_resources, None))
+            stages.append(Stage("evaluate_base", f"{name}-base", 1, self.eval_resources, None,
+                                note=f"key {self.plan.base_evaluation.key}"))
         # afterany: the aggregation runs even when jobs fail, and reports the failed cells.
         upstream = {job.kind for job in self.plan.jobs if job.name in self.plan.aggregation.depends_on and not job.done}
         waits = [placeholder(stage.kind) for stage in stages if stage.jobs and stage.kind in upstream]
-        stages.append(Stage("aggregate", f"{name}-aggregate", 1, self.eval_resources,
+        stages.append(Stage("aggregate", f"{name}-aggregate", 1, self.aggregate_resources,
                             "afterany:" + ":".join(waits) if waits else None))
         for stage in stages:
             stage.script = self.sbatch_script(stage.resources, stage.job_name, stage.jobs, stage.dependency)
@@ -281,6 +301,11 @@ class SlurmExecutor(Executor):
                                          **params)
 
 
+def one_to_one(evaluations: list[Job], finetunes: list[Job]) -> bool:
+    """Evaluation task i waits for fine-tune task i, for every i: the arrays line up for `aftercorr`."""
+    return [job.depends_on[0] for job in evaluations] == [job.name for job in finetunes]
+
+
 def placeholder(kind: str) -> str:
     """Stands for a stage's job id in a dry run (`FINETUNE_ID`); plain letters, so sbatch lines stay unquoted."""
     return f"{kind.upper()}_ID"
@@ -298,6 +323,12 @@ class Stage:
     """Slurm dependency with stage placeholders (`aftercorr:FINETUNE_ID`); None = starts at once."""
     note: str = ""
     script: str = ""
+
+    @property
+    def gpu_hours(self) -> float:
+        """GPU-hours requested (not used): jobs x nodes x GPUs per node x time limit."""
+        r = self.resources
+        return self.jobs * r.nodes * r.gpus_per_node * r.time_min / 60
 
     def summary(self) -> str:
         """`finetune  4 jobs (array 0-3%3)  2 nodes x 4 GPUs, 6 CPUs/task, 200 GB, 90 min  after: -`"""
@@ -351,8 +382,9 @@ class _SequentialExecutor(Executor):
     cluster: str
 
     def __init__(self, plan: Plan, eval_resources: ResourcesConfig, resources: ResourcesConfig,
-                 parallel: int = 1, stream: TextIO | None = None):
-        super().__init__(plan, eval_resources, resources)
+                 parallel: int = 1, stream: TextIO | None = None, *,
+                 aggregate_resources: ResourcesConfig | None = None):
+        super().__init__(plan, eval_resources, resources, aggregate_resources=aggregate_resources)
         self.parallel = max(1, parallel)
         self.stream = stream
 
@@ -382,7 +414,7 @@ class _SequentialExecutor(Executor):
         handles = []
         for job in jobs:
             executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
-            resources = self.resources if job.kind == "finetune" else self.eval_resources
+            resources = self.resources_of(job)
             executor.update_parameters(**submitit_parameters(resources, f"{self.plan.grid_name}-{job.kind}"))
             log.info("starting %s", job.name)
             # Local jobs inherit this process's environment, so the allocator's goes in for the submit;

@@ -84,15 +84,17 @@ def _submit_grid(grid: Grid, executor_name: str | None, dry_run: bool, force: bo
     executor_cls = EXECUTORS[executor_name]
     resources, eval_resources = grid.spec.resources, grid.eval_resources
     if dry_run:
-        print(format_dry_run(SlurmExecutor(plan, eval_resources, resources).stages()))
+        stages = SlurmExecutor(plan, eval_resources, resources, aggregate_resources=grid.aggregate_resources).stages()
+        print(format_dry_run(stages))
         return 0
     had_manifest = GridDir(plan.root).plan.exists()
     write_manifest(plan)
     if executor_name == "slurm":
-        executor = executor_cls(plan, eval_resources, resources)
+        executor = executor_cls(plan, eval_resources, resources, aggregate_resources=grid.aggregate_resources)
     else:
         stream = sys.stdout if parallel == 1 else None
-        executor = executor_cls(plan, eval_resources, resources, parallel=parallel, stream=stream)
+        executor = executor_cls(plan, eval_resources, resources, parallel=parallel, stream=stream,
+                                aggregate_resources=grid.aggregate_resources)
     try:
         outcome = executor.submit()
     except Exception as err:  # sbatch refused (bad partition, account...): say so in one line
@@ -120,10 +122,14 @@ def check_writable(root: Path) -> None:
 
 
 def format_dry_run(stages: list[Stage]) -> str:
-    """Every stage Slurm would get (jobs, resources, dependencies), then each stage's sbatch script."""
+    """Every stage Slurm would get (jobs, resources, dependencies), the GPU-hours each requests,
+    then each stage's sbatch script."""
     active = [stage for stage in stages if stage.jobs]
     lines = ["", "# dry run: nothing submitted. Slurm stages in submission order (X_ID: stage X's job id)"]
     lines += [f"  {stage.summary()}" for stage in active]
+    lines += ["", "# GPU-hours requested (jobs x nodes x GPUs x time limit; an upper bound on what is used)"]
+    lines += [f"  {stage.kind:<14} {stage.gpu_hours:>8,.1f}" for stage in active]
+    lines.append(f"  {'total':<14} {sum(stage.gpu_hours for stage in active):>8,.1f}")
     for stage in active:
         lines += ["", f"# sbatch script: {stage.kind} ({stage.job_name})", stage.script.rstrip()]
     return "\n".join(lines)
@@ -135,18 +141,31 @@ def format_plan(grid: Grid, plan: Plan, executor: str) -> str:
     width = max(len(c.run_id) for c in grid.cells)
     lines.append(f"{'cell'.ljust(width)}  {'variant':<20} {'seed':<5} {'fine-tune':<10} evaluate")
     finetunes = {j.run_id: j for j in plan.finetunes}
-    evals = {j.run_id: j for j in plan.evaluations}
+    evals = {j.run_id: j for j in plan.evaluations}  # one per training: it evaluates the cells trained there
     sources = grid.replay_sources()
     for cell in grid.cells:
         source = finetunes[sources[cell.run_id].run_id]
         trained = ("done" if source.done else "pending") if source.run_id == cell.run_id else "replayed"
-        ev = evals.get(cell.run_id)
+        ev = evals.get(source.run_id)
+        evaluation = "-" if ev is None else "done" if ev.done else "pending"
         lines.append(f"{cell.run_id.ljust(width)}  {cell.config.early_stopping.variant:<20} "
-                     f"{cell.config.train.seed:<5} {trained:<10} {_state(ev)}")
+                     f"{cell.config.train.seed:<5} {trained:<10} {evaluation}")
     if plan.base_evaluation:
-        lines.append(f"{'base model'.ljust(width)}  evaluation: {'done' if plan.base_evaluation.done else 'pending'}")
+        lines.append(f"{'base model'.ljust(width)}  evaluation: {base_eval_state(plan)}")
     lines.append(replay_line(grid, plan))
     return "\n".join(lines)
+
+
+def base_eval_state(plan: Plan) -> str:
+    """`done (key 1a2b3c4d: base/eval-1a2b3c4d)`, or pending with the keys done under other settings."""
+    job = plan.base_evaluation
+    assert job is not None
+    folder = GridDir(plan.root).base_eval(str(job.key)).relative_to(plan.root)
+    if job.done:
+        return f"done (key {job.key}: {folder})"
+    others = [key for key in GridDir(plan.root).base_eval_keys_done() if key != job.key]
+    stale = f"; done under other settings: {', '.join(others)}, not reused" if others else ""
+    return f"pending (key {job.key}: {folder}{stale})"
 
 
 def replay_line(grid: Grid, plan: Plan) -> str:
@@ -168,10 +187,6 @@ def trainings_with_replay(grid: Grid) -> int:
 
     sources = replace(grid, spec=replace(grid.spec, replay=True)).replay_sources()
     return len({source.run_id for source in sources.values()}) + len(grid.cells) - len(sources)
-
-
-def _state(job) -> str:
-    return "-" if job is None else ("done" if job.done else "pending")
 
 
 def format_outcome(outcome: list[Submitted], executor: str) -> str:

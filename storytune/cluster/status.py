@@ -19,6 +19,9 @@ class JobStatus:
     log_tail: list[str]
     reason: str | None = None
     """The failure record's one-line reason (`failure.json`), when the job left one."""
+    detail: str | None = None
+    """What the job's output is keyed by (the base evaluation: `key 1a2b3c4d`), or how many of its
+    cells are evaluated (an evaluation job covering several cells under replay)."""
 
 
 def grid_status(root: Path, state_of: Callable[[list[str]], dict[str, str]] = slurm_states,
@@ -32,10 +35,23 @@ def grid_status(root: Path, state_of: Callable[[list[str]], dict[str, str]] = sl
         entry = record.get(job["name"])
         job_id = entry["job_id"] if entry else None
         failure = _failure(job)
-        state = _state(Path(job["output"]), job_id, states, failure is not None)
+        # Done when every output exists (an evaluation job writes one eval.json per cell it covers);
+        # plans written before `outputs`: the one `output`.
+        outputs = [Path(path) for path in job.get("outputs") or [job["output"]]]
+        state = _state(outputs, job_id, states, failure is not None)
         statuses.append(JobStatus(job["name"], state, job_id, _tail(root, job_id, tail_lines),
-                                  failure.get("reason") if failure and state.startswith("failed") else None))
+                                  failure.get("reason") if failure and state.startswith("failed") else None,
+                                  _detail(grid, job, outputs)))
     return statuses
+
+
+def _detail(grid: GridDir, job: dict, outputs: list[Path]) -> str | None:
+    if job.get("key"):  # the base evaluation: say which settings' result counts, and which do not
+        others = [key for key in grid.base_eval_keys_done() if key != job["key"]]
+        return f"key {job['key']}" + (f"; done under other settings: {', '.join(others)}" if others else "")
+    if len(outputs) > 1:
+        return f"{sum(path.exists() for path in outputs)} of {len(outputs)} cells"
+    return None
 
 
 def _failure(job: dict) -> dict | None:
@@ -50,8 +66,8 @@ def _failure(job: dict) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _state(output: Path, job_id: str | None, states: dict[str, str], has_failure: bool) -> str:
-    if output.exists():
+def _state(outputs: list[Path], job_id: str | None, states: dict[str, str], has_failure: bool) -> str:
+    if all(path.exists() for path in outputs):
         return "done"
     slurm = states.get(job_id, "") if job_id else ""
     if slurm == "PENDING":
@@ -82,7 +98,8 @@ def format_status(statuses: list[JobStatus], show_logs: bool = True) -> str:
     width = max(len(s.name) for s in statuses)
     out = []
     for s in statuses:
-        out.append(f"{s.name.ljust(width)}  {s.state:<28} {s.job_id or ''}")
+        detail = f"  ({s.detail})" if s.detail else ""
+        out.append(f"{s.name.ljust(width)}  {s.state:<28} {s.job_id or ''}{detail}".rstrip())
         if s.reason:
             out.append(f"    reason: {s.reason}")
         if show_logs and s.state.startswith("failed"):

@@ -133,9 +133,15 @@ def run_job(job: Job) -> dict:
     except Exception as err:  # not KeyboardInterrupt/SystemExit: a preempted or requeued job has not failed
         if is_main_process():
             write_failure(job.failure, job, err)
+            if job.kind == "finetune":  # the arms replay derives from it failed with it: each cell says why
+                for arm in job.replays:
+                    write_failure(run_dir_for(arm).failure, job, err)
         raise
     if is_main_process():
         job.failure.unlink(missing_ok=True)
+        if job.kind == "finetune":
+            for arm in job.replays:
+                run_dir_for(arm).failure.unlink(missing_ok=True)
     return payload
 
 
@@ -173,16 +179,47 @@ def _run_job(job: Job) -> dict:
     if job.kind == "finetune":
         return run_finetune(job.config, replays=job.replays)
     if job.kind == "evaluate":
-        if (copied := reuse_evaluation(job)) is not None:
-            return copied
-        tags = [job.config.early_stopping.variant, f"seed{job.config.train.seed}"]
-        return run_evaluate_job(job.config, str(job.run_dir.model), job.run_dir.eval_dir, job.run_id, tags)
+        return run_cell_evaluations(job)
     if job.kind == "evaluate_base":
         from storytune.train.model import resolve_base_model
 
         base = resolve_base_model(job.config.model, job.config.output.dir)
-        return run_evaluate_job(job.config, base, GridDir(Path(job.grid_root)).base_eval_dir, "base", ["base"])
+        return run_evaluate_job(job.config, base, GridDir(Path(job.grid_root)).base_eval(str(job.key)), "base",
+                                ["base"])
     return run_aggregate(Path(job.grid_root), job.config)
+
+
+class EvaluationsFailed(RuntimeError):
+    """Some of an evaluation job's cells could not be evaluated (each cell's failure.json says why)."""
+
+
+def run_cell_evaluations(job: Job) -> dict:
+    """Evaluate every cell of one training (its own and, with replay, the arms derived from it):
+    each distinct kept checkpoint once; a cell keeping the same weights as one already evaluated
+    gets a copy of its evaluation (`copied_from` in eval.json). A cell whose evaluation fails gets
+    its own failure.json and the others go on; the job then fails naming them. Returns the job's
+    own cell's eval.json."""
+    configs = [job.config, *job.replays]
+    evaluated: dict[tuple[str, int], RunDir] = {}
+    payloads: dict[str, dict] = {}
+    failed: list[tuple[str, Exception]] = []
+    for config in configs:
+        run_dir = run_dir_for(config)
+        try:
+            payloads[run_dir.path.name] = _evaluate_cell(config, run_dir, evaluated)
+        except Exception as err:
+            if len(configs) == 1:
+                raise
+            failed.append((run_dir.path.name, err))
+            if is_main_process():
+                write_failure(run_dir.failure, job, err)
+        else:
+            if is_main_process() and run_dir.path.name != job.run_id:
+                run_dir.failure.unlink(missing_ok=True)
+    if failed:
+        names = ", ".join(f"{run_id} ({first_line(err)})" for run_id, err in failed)
+        raise EvaluationsFailed(f"{len(failed)} of {len(configs)} evaluations failed: {names}")
+    return payloads[str(job.run_id)]
 
 
 def weights_id(result: dict) -> tuple[str, int]:
@@ -190,24 +227,34 @@ def weights_id(result: dict) -> tuple[str, int]:
     return result.get("replayed_from") or Path(result["run_dir"]).name, int(result["kept_step"])
 
 
-def reuse_evaluation(job: Job) -> dict | None:
-    """Replay: a cell whose kept weights are another cell's (same source run, same kept step)
-    takes that cell's finished evaluation instead of generating again. Returns its eval.json."""
-    if not is_main_process() or not job.run_dir.is_complete() or job.run_dir.eval_result.exists():
-        return None
-    mine = weights_id(read_json(job.run_dir.result))
-    grid = GridDir(Path(job.grid_root))
-    for cell in read_json(grid.plan)["cells"]:
-        other = grid.run(cell["run_id"])
-        if cell["run_id"] == job.run_id or not (other.is_complete() and other.eval_result.exists()):
-            continue
-        if weights_id(read_json(other.result)) == mine:
-            payload = {**read_json(other.eval_result), "copied_from": cell["run_id"]}
-            write_text_atomic(generations_file(job.run_dir.eval_dir), generations_file(other.eval_dir).read_text())
-            write_json_atomic(job.run_dir.eval_result, payload)  # last: marks the evaluation complete
-            log.info("%s keeps the same weights as %s: its evaluation is reused", job.run_id, cell["run_id"])
-            return payload
-    return None
+def _evaluate_cell(config: RunConfig, run_dir: RunDir, evaluated: dict[tuple[str, int], RunDir]) -> dict:
+    """One cell's evaluation: done already, copied from a cell with the same weights, or run."""
+    if not is_main_process():  # evaluation runs on the main process only (run_evaluate returns {})
+        return {}
+    weights = weights_id(read_json(run_dir.result)) if run_dir.is_complete() else None
+    if run_dir.eval_result.exists():
+        payload = read_json(run_dir.eval_result)
+    elif weights is not None and weights in evaluated:
+        payload = copy_evaluation(evaluated[weights], run_dir)
+    else:
+        tags = [config.early_stopping.variant, f"seed{config.train.seed}"]
+        payload = run_evaluate_job(config, str(run_dir.model), run_dir.eval_dir, run_dir.path.name, tags)
+    if weights is not None and not payload.get("copied_from"):
+        evaluated.setdefault(weights, run_dir)
+    return payload
+
+
+def copy_evaluation(source: RunDir, target: RunDir) -> dict:
+    """`target` keeps the same weights as `source` (same training, same kept step): the same
+    prompts, seeds and weights give the same generations and scores, so its evaluation is a copy,
+    marked `copied_from`. Returns the copy's eval.json."""
+    payload = read_json(source.eval_result)
+    payload = {**payload, "model": {**payload.get("model", {}), "label": target.path.name, "path": str(target.model)},
+               "copied_from": source.path.name}
+    write_text_atomic(generations_file(target.eval_dir), generations_file(source.eval_dir).read_text())
+    write_json_atomic(target.eval_result, payload)  # last: marks the evaluation complete
+    log.info("%s keeps the same weights as %s: its evaluation is copied", target.path.name, source.path.name)
+    return payload
 
 
 def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: str | None,
@@ -288,14 +335,16 @@ def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
 
     base = manifest.get("base_model") or {}
     name = next((c.result["base_model"] for c in cells if c.result), base.get("name", "?"))
-    base_generations = generations_file(grid.base_eval_dir)
+    # Keyed by what it depends on (plan.json `base_model.eval_key`); a plan written before keys: `base/eval`.
+    base_eval_dir = grid.base_eval(base["eval_key"]) if base.get("eval_key") else grid.base / "eval"
+    base_generations = generations_file(base_eval_dir)
     return Context(
         grid=manifest["grid"], created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         replay=bool(manifest.get("replay")),
         base=BaseData(name=name, is_random=bool(base.get("random")),
-                      eval=_read_if_exists(eval_file(grid.base_eval_dir)),
+                      eval=_read_if_exists(eval_file(base_eval_dir)),
                       generations=read_generations(base_generations) if base_generations.exists() else None,
-                      failure=_read_if_exists(failure_file(grid.base_eval_dir))),
+                      failure=_read_if_exists(failure_file(base_eval_dir))),
         provenance={"config_hash": base.get("config_hash"), "git_commit": git_commit(),
                     "versions": library_versions()})
 

@@ -89,6 +89,12 @@ class ResourcesConfig:
         return max(1, self.gpus_per_node)
 
 
+def default_aggregate_resources(resources: ResourcesConfig) -> ResourcesConfig:
+    """CPU resources for the aggregation: the defaults (no GPU, the cluster's default partition, no
+    extra sbatch options, which may name GPU constraints), charged and set up like `resources`."""
+    return ResourcesConfig(account=resources.account, qos=resources.qos, setup=list(resources.setup))
+
+
 @dataclass
 class GridFile:
     """The grid file's own keys (the `base` run config and `axes` are validated per cell)."""
@@ -105,6 +111,10 @@ class GridFile:
     """Slurm resources of fine-tuning jobs."""
     eval_resources: ResourcesConfig | None = None
     """Slurm resources of evaluation jobs; default: same as `resources`."""
+    aggregate_resources: ResourcesConfig | None = None
+    """Slurm resources of the aggregation job (CPU work: statistics and the report). Default: one
+    node, no GPU, 2 CPUs, 60 min on the cluster's default partition, with `resources`' account, qos
+    and setup lines (`default_aggregate_resources`)."""
     evaluate: bool = True
     """Run the evaluation jobs (generation metrics) for every cell and the base model."""
     replay: bool = False
@@ -149,6 +159,10 @@ class Grid:
     @property
     def eval_resources(self) -> ResourcesConfig:
         return self.spec.eval_resources or self.spec.resources
+
+    @property
+    def aggregate_resources(self) -> ResourcesConfig:
+        return self.spec.aggregate_resources or default_aggregate_resources(self.spec.resources)
 
     def replay_sources(self) -> dict[str, Cell]:
         """Run id of each cell -> the cell that trains it: itself, or (replay) its seed's `none` cell,

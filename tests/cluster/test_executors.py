@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -15,7 +16,11 @@ GOLDEN = Path(__file__).parent / "golden" / "sbatch_finetune_array.sh"
 
 
 def grid(tmp_path: Path):
-    return expand_grid({
+    return expand_grid(grid_raw(tmp_path))
+
+
+def grid_raw(tmp_path: Path) -> dict:
+    return {
         "name": "g", "output_dir": str(tmp_path),
         "base": {"model": {"name": "tiny"}, "data": {"files": ["/x"]}, "train": {"max_steps": 20, "eval_steps": 10}},
         "axes": {"early_stopping": [{"patience": None}, {"patience": 1}], "train.seed": [1, 2]},
@@ -23,7 +28,7 @@ def grid(tmp_path: Path):
                       "cpus_per_task": 6, "mem_gb": 200, "array_parallelism": 3,
                       "sbatch": {"constraint": "a100"},
                       "setup": ["module load cuda/12.4", "source .venv/bin/activate"]},
-    })
+    }
 
 
 def test_dry_run_sbatch_matches_golden_file(tmp_path: Path) -> None:
@@ -179,6 +184,8 @@ def test_dry_run_shows_every_stage_with_dependencies_and_scripts(tmp_path: Path)
     stages = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()
     text = format_dry_run(stages).replace(str(tmp_path), "<ROOT>")
     text = re.sub(r"\S*python\S* -u -m submitit", "<PYTHON> -u -m submitit", text)
+    # The base evaluation's key hashes every model/data/generation/eval default: not pinned here.
+    text = text.replace(f"key {make_plan(g).base_evaluation.key}", "key <KEY>")
     if os.environ.get("STORYTUNE_UPDATE_GOLDEN") == "1":  # after a deliberate change; review the diff
         GOLDEN_STAGES.write_text(text)
     assert text == GOLDEN_STAGES.read_text()
@@ -189,13 +196,92 @@ def test_dry_run_shows_every_stage_with_dependencies_and_scripts(tmp_path: Path)
     assert "#SBATCH --dependency=aftercorr:FINETUNE_ID" in text and "#SBATCH --array=0-3%3" in text
 
 
-def test_dry_run_replay_evaluations_wait_for_the_whole_array(tmp_path: Path) -> None:
-    g = expand_grid({"name": "r", "output_dir": str(tmp_path), "replay": True,
-                     "base": {"model": {"name": "tiny"}, "train": {"max_steps": 20, "eval_steps": 10}},
-                     "axes": {"early_stopping": [{"patience": None}, {"patience": 1}]}})
+def replay_grid(tmp_path: Path, **extra):
+    return expand_grid({"name": "r", "output_dir": str(tmp_path), "replay": True,
+                        "base": {"model": {"name": "tiny"}, "train": {"max_steps": 20, "eval_steps": 10}},
+                        "axes": {"train.seed": [1, 2], "early_stopping": [{"patience": None}, {"patience": 1}]},
+                        **extra})
+
+
+def test_dry_run_replay_evaluation_i_waits_for_training_i_only(tmp_path: Path) -> None:
+    """One evaluation per training, task i after training task i (`aftercorr`): a failed training
+    cancels its own cells' evaluation and no other (`afterok` on the whole array would cancel all)."""
+    g = replay_grid(tmp_path)
     stages = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()
-    assert [(s.kind, s.jobs, s.dependency) for s in stages][:2] == [("finetune", 1, None),
-                                                                    ("evaluate", 2, "afterok:FINETUNE_ID")]
+    assert [(s.kind, s.jobs, s.dependency) for s in stages][:2] == [("finetune", 2, None),
+                                                                    ("evaluate", 2, "aftercorr:FINETUNE_ID")]
+    assert "4 cells, each distinct kept checkpoint evaluated once" in stages[1].summary()
+
+
+def test_replay_dependency_wiring(tmp_path: Path) -> None:
+    g = replay_grid(tmp_path)
+    plan = make_plan(g)
+    executor = RecordingSlurm(plan, g.eval_resources, g.spec.resources, state_of=lambda ids: {})
+    executor.submit()
+    (finetunes, _), (evals, eval_dep), _, (_, agg_dep) = executor.calls
+    assert evals == [f"evaluate/{name.split('/')[1]}" for name in finetunes] and eval_dep == "aftercorr:100"
+    assert agg_dep == "afterany:101_0:101_1:102"
+
+
+def test_evaluations_that_do_not_line_up_wait_each_for_its_own_training_task(tmp_path: Path) -> None:
+    """Training 0 must run again but its cells' evaluations are all on disk: evaluation 1 alone is
+    pending, so the arrays do not line up for `aftercorr`; it waits for training task 1 only."""
+    g = replay_grid(tmp_path)
+    plan = make_plan(g)
+    for path in plan.evaluations[0].outputs:
+        write_json_atomic(path, {"done": True})
+    executor = RecordingSlurm(make_plan(g), g.eval_resources, g.spec.resources, state_of=lambda ids: {})
+    executor.submit()
+    (finetunes, _), (evals, eval_dep), *_ = executor.calls
+    assert len(finetunes) == 2 and evals == [plan.evaluations[1].name] and eval_dep == "afterok:100_1"
+    stage = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()[1]
+    assert stage.dependency == "afterok:FINETUNE_ID_<task> (one job each)"
+
+
+def test_aggregation_runs_on_its_own_cpu_resources(tmp_path: Path) -> None:
+    g = grid(tmp_path)
+    executor = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources,
+                             aggregate_resources=g.aggregate_resources)
+    stages = {stage.kind: stage for stage in executor.stages()}
+    assert stages["aggregate"].resources.gpus_per_node == 0 and stages["aggregate"].gpu_hours == 0
+    script = stages["aggregate"].script
+    assert "#SBATCH --gpus" not in script and "#SBATCH --account=proj" in script
+    # GPU-hours = jobs x nodes x GPUs per node x time limit (90 min): 4 x 2 x 4 x 1.5.
+    assert stages["finetune"].gpu_hours == 48 and stages["evaluate_base"].gpu_hours == 12
+    custom = expand_grid({**grid_raw(tmp_path), "aggregate_resources": {"gpus_per_node": 1, "time_min": 30}})
+    agg = SlurmExecutor(make_plan(custom), custom.eval_resources, custom.spec.resources,
+                        aggregate_resources=custom.aggregate_resources).stages()[-1]
+    assert agg.kind == "aggregate" and agg.gpu_hours == 0.5
+
+
+def test_base_evaluation_under_other_settings_is_submitted_again(tmp_path: Path) -> None:
+    """A queued base evaluation of the old settings writes another keyed folder: not counted."""
+    g = grid(tmp_path)
+    RecordingSlurm(make_plan(g), g.eval_resources, g.spec.resources, state_of=lambda ids: {}).submit()
+    record = json.loads(GridDir(make_plan(g).root).submissions.read_text())
+    assert record["evaluate/base"]["output"] == str(make_plan(g).base_evaluation.output)
+    raw = grid_raw(tmp_path)
+    changed = expand_grid({**raw, "base": {**raw["base"], "generation": {"num_prompts": 4}}})
+    queued = RecordingSlurm(make_plan(changed), changed.eval_resources, changed.spec.resources,
+                            state_of=lambda ids: {i: "PENDING" for i in ids})
+    outcome = {o.name: o.status for o in queued.submit()}
+    assert outcome["evaluate/base"] == "submitted"
+
+
+def test_status_shows_the_base_evaluation_key_and_stale_ones(tmp_path: Path) -> None:
+    plan = make_plan(grid(tmp_path / "out"))
+    write_manifest(plan)
+    write_json_atomic(GridDir(plan.root).base_eval("0ld5e771") / "eval.json", {"done": True})
+    key = plan.base_evaluation.key
+
+    def base_line() -> str:
+        text = format_status(grid_status(plan.root, state_of=lambda ids: {}))
+        (line,) = [line for line in text.splitlines() if line.startswith("evaluate/base")]
+        return line
+
+    assert "not submitted" in base_line() and f"(key {key}; done under other settings: 0ld5e771)" in base_line()
+    write_json_atomic(plan.base_evaluation.output, {"done": True})
+    assert " done " in base_line() and f"(key {key}; done under other settings: 0ld5e771)" in base_line()
 
 
 # --------------------------------------------------------------------------------------------------

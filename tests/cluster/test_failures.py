@@ -110,4 +110,4 @@ def test_every_job_kind_leaves_its_failure_record(tmp_path: Path) -> None:
     record = json.loads(plan.aggregation.failure.read_text())
     assert plan.aggregation.failure == GridDir(plan.root).report / "failure.json"
     assert record["kind"] == "aggregate" and "plan.json" in record["reason"]
-    assert plan.base_evaluation.failure == GridDir(plan.root).base_eval_dir / "failure.json"
+    assert plan.base_evaluation.failure == GridDir(plan.root).base_eval(plan.base_evaluation.key) / "failure.json"

@@ -68,8 +68,9 @@ def test_tiny_grid_end_to_end_on_slurm(slurm_cluster, stories_dir: Path, tmp_pat
     assert [a["variant"] for a in summary["arms"]] == ["none", "patience1-thr0.05"]
     assert all(a["n_seeds"] == 2 for a in summary["arms"])
     assert (root / "report" / "report.html").exists()
-    assert (root / "base" / "eval" / "eval.json").exists()
-    assert len(list(root.glob("*/eval/eval.json"))) == 4 + 1  # every cell and the base model
+    base_key = json.loads((root / "plan.json").read_text())["base_model"]["eval_key"]
+    assert (root / "base" / f"eval-{base_key}" / "eval.json").exists()
+    assert len(list(root.glob("*/eval/eval.json"))) == 4  # every cell (the base model's is under base/)
     assert "done" in status(root)
     wait_until_finished(record["aggregate"]["job_id"])
 

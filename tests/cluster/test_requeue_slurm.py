@@ -204,7 +204,7 @@ def test_scontrol_requeue_resumes_from_the_run_directory(straight: dict, stories
     grid_dir = GridDir(cell.root)
     # The base evaluation runs beside the fine-tune (no dependency); requeue both mid-job.
     wait_for(marker(cell.run.path, "after-save:10"), cell)
-    wait_for(marker(grid_dir.base_eval_dir, "evaluate:base"), cell)
+    wait_for(marker(grid_dir.planned_base_eval(), "evaluate:base"), cell)
     finetune_id, base_id = cell.job_id(), cell.job_id("evaluate/base")
     subprocess.run(["scontrol", "requeue", finetune_id, base_id], check=True)
 
@@ -217,9 +217,9 @@ def test_scontrol_requeue_resumes_from_the_run_directory(straight: dict, stories
     assert len(ids) == 2 and len(set(ids)) == 1, ids
 
     # The requeued base evaluation started over and finished whole: all 4 samples, scored once.
-    base_eval = json.loads(eval_file(grid_dir.base_eval_dir).read_text())
+    base_eval = json.loads(eval_file(grid_dir.planned_base_eval()).read_text())
     assert base_eval["counts"]["samples"] == 4
-    assert len(generations_file(grid_dir.base_eval_dir).read_text().splitlines()) == 4
+    assert len(generations_file(grid_dir.planned_base_eval()).read_text().splitlines()) == 4
     base_logs = cell.logs(base_id)
     assert base_logs.count("test pause at evaluate:base") == 1 and base_logs.count("wrote ") >= 1, base_logs[-3000:]
     summary = json.loads(grid_dir.summary.read_text())

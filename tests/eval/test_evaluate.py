@@ -43,7 +43,7 @@ from storytune.eval.evaluate import (
 from storytune.eval.generate import Prompt, read_generations
 from storytune.eval.metrics import SentenceEncoder, distinct_n
 from storytune.eval.scorer import SMOLLM2_NAME, smollm2_id
-from storytune.paths import EVAL_FILE, GENERATIONS_FILE
+from storytune.paths import EVAL_FILE, GENERATIONS_FILE, GridDir, evaluation_key
 from storytune.train.model import (
     build_tiny_model,
     load_model,
@@ -89,7 +89,7 @@ def run(tmp_path_factory, stories_dir, data_cache):
     assert job.main(["--run-dir", str(run_dir)]) == 0
     assert job.main(["--run-dir", str(run_dir), "--base"]) == 0
     return {"config": config, "run_dir": run_dir, "job": job, "tmp": tmp, "stories": stories_dir, "cache": data_cache,
-            "tuned": run_dir / "eval", "base": tmp / "base" / "eval"}
+            "tuned": run_dir / "eval", "base": GridDir(tmp).base_eval(evaluation_key(config))}
 
 
 @pytest.mark.parametrize("which", ["tuned", "base"])

@@ -95,3 +95,22 @@ def test_overrides_reach_base_and_axes(tmp_path: Path) -> None:
     grid = load_grid(path, ["base.train.max_steps=50", "axes.train.seed=[7]", "name=other"])
     assert [c.config.train.seed for c in grid.cells] == [7, 7]
     assert grid.cells[0].config.train.max_steps == 50 and grid.spec.name == "other"
+
+
+def test_aggregation_gets_cpu_resources_of_its_own(tmp_path) -> None:
+    """The aggregation is CPU work: no GPU unless `aggregate_resources` asks, charged like `resources`."""
+    import pytest
+
+    from storytune.config import ConfigError
+    from storytune.study.grid import expand_grid
+
+    raw = {"name": "g", "output_dir": str(tmp_path), "base": {"model": {"name": "tiny"}},
+           "resources": {"partition": "gpu", "account": "proj", "gpus_per_node": 4, "time_min": 90,
+                         "sbatch": {"constraint": "a100"}, "setup": ["source .venv/bin/activate"]}}
+    default = expand_grid(raw).aggregate_resources
+    assert default.gpus_per_node == 0 and default.nodes == 1 and default.partition is None
+    assert default.account == "proj" and default.setup == ["source .venv/bin/activate"] and default.sbatch == {}
+    custom = expand_grid({**raw, "aggregate_resources": {"partition": "cpu", "time_min": 15}}).aggregate_resources
+    assert (custom.partition, custom.time_min, custom.gpus_per_node) == ("cpu", 15, 0)
+    with pytest.raises(ConfigError, match="aggregate_resources.time_min"):
+        expand_grid({**raw, "aggregate_resources": {"time_min": 0}})

@@ -261,9 +261,11 @@ class SlurmExecutor(Executor):
             # As `submit`: task i after fine-tune task i only (`aftercorr`), else each after its own task.
             lined_up = bool(paired) and one_to_one(paired, finetunes)
             dependency = (f"aftercorr:{placeholder('finetune')}" if lined_up
-                          else f"afterok:{placeholder('finetune')}_<task> (one job each)" if paired else None)
+                          else f"afterok:{placeholder('finetune')}_TASK" if paired else None)
             cells = sum(len(job.cells) for job in evals)
             notes = [f"{cells} cells, each distinct kept checkpoint evaluated once"] if cells > len(evals) else []
+            if paired and not lined_up:
+                notes.append("submitted one by one, each after its own fine-tune task")
             if len(paired) < len(evals):
                 notes.append(f"{len(evals) - len(paired)} of them after fine-tunes finished earlier")
             stages.append(Stage("evaluate", f"{name}-evaluate", len(evals), self.eval_resources, dependency,

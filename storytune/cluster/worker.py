@@ -228,13 +228,18 @@ def weights_id(result: dict) -> tuple[str, int]:
 
 
 def _evaluate_cell(config: RunConfig, run_dir: RunDir, evaluated: dict[tuple[str, int], RunDir]) -> dict:
-    """One cell's evaluation: done already, copied from a cell with the same weights, or run."""
+    """One cell's evaluation: done already, copied from a cell with the same weights, or run.
+    `evaluated` maps the weights evaluated so far (`weights_id`) to the cell that has them."""
     if not is_main_process():  # evaluation runs on the main process only (run_evaluate returns {})
         return {}
+    if not run_dir.is_complete() and not run_dir.eval_result.exists():
+        # Its training failed or never ran (its failure.json says why).
+        raise FileNotFoundError(f"no {run_dir.result.name} in {run_dir.path}: its training has not finished; "
+                                "submit the grid again to rerun it")
     weights = weights_id(read_json(run_dir.result)) if run_dir.is_complete() else None
     if run_dir.eval_result.exists():
         payload = read_json(run_dir.eval_result)
-    elif weights is not None and weights in evaluated:
+    elif weights in evaluated:
         payload = copy_evaluation(evaluated[weights], run_dir)
     else:
         tags = [config.early_stopping.variant, f"seed{config.train.seed}"]

@@ -235,7 +235,7 @@ def test_evaluations_that_do_not_line_up_wait_each_for_its_own_training_task(tmp
     (finetunes, _), (evals, eval_dep), *_ = executor.calls
     assert len(finetunes) == 2 and evals == [plan.evaluations[1].name] and eval_dep == "afterok:100_1"
     stage = SlurmExecutor(make_plan(g), g.eval_resources, g.spec.resources).stages()[1]
-    assert stage.dependency == "afterok:FINETUNE_ID_<task> (one job each)"
+    assert stage.dependency == "afterok:FINETUNE_ID_TASK" and "each after its own fine-tune task" in stage.note
 
 
 def test_aggregation_runs_on_its_own_cpu_resources(tmp_path: Path) -> None:

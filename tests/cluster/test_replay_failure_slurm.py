@@ -1,7 +1,7 @@
 """On the real local Slurm cluster, with replay, a failed training takes only its own cells with it.
 
 Two trainings (learning rates 1e-3 and 1e30), each with two arms (`none`, `patience3`) derived by
-replay. The 1e30 run diverges (the loss is NaN at step 2, which `NonFiniteLossCheck` turns into an
+replay. The 1e30 run diverges (the loss is NaN within the first steps, which `NonFiniteLossCheck` turns into an
 error: docs/errors.md); its evaluation, tied to it alone by `aftercorr`, never runs. The healthy
 training's evaluation job runs, evaluating each distinct kept checkpoint once, and the aggregation
 (`afterany`) compares the healthy arms and lists the two diverged cells as failed."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,7 +80,7 @@ def test_a_diverged_training_fails_only_its_own_cells(slurm_cluster, stories_dir
     for run_id in diverged:
         failure = json.loads((root / run_id / "failure.json").read_text())
         assert failure["kind"] == "finetune" and failure["exception"] == "NonFiniteLoss", failure
-        assert failure["reason"].startswith("loss is nan at step 2: the run diverged"), failure
+        assert re.match(r"loss is nan at step \d+: the run diverged", failure["reason"]), failure
         assert not (root / run_id / "result.json").exists() and not (root / run_id / "eval" / "eval.json").exists()
     # The healthy training's cells: trained (one by replay) and evaluated.
     evals = {run_id: json.loads((root / run_id / "eval" / "eval.json").read_text()) for run_id in healthy}
@@ -109,7 +110,7 @@ def test_a_diverged_training_fails_only_its_own_cells(slurm_cluster, stories_dir
 
     status = subprocess.run([sys.executable, "launch/status.py", str(root)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120).stdout
-    assert "loss is nan at step 2" in status, status
+    assert "reason: loss is nan at step" in status, status
 
 
 def _final_state(job_id: str, timeout_s: float = 120) -> str:

@@ -126,3 +126,17 @@ def test_local_executor_skips_only_the_failed_trainings_evaluation(tmp_path: Pat
     assert f"evaluate/{broken.run_id}" not in executor.started
     assert outcome[f"evaluate/{healthy.run_id}"].status == "done" and "aggregate" in executor.started
 
+
+
+def test_a_cell_whose_training_did_not_finish_fails_its_evaluation_alone(tmp_path: Path, monkeypatch) -> None:
+    plan = replay_plan(tmp_path)
+    write_manifest(plan)
+    source, patience1, patience3 = plan.evaluations[0].cells
+    finished_training(plan, {patience1: 10})
+    GridDir(plan.root).run(patience3).result.unlink()
+    monkeypatch.setattr(worker, "run_evaluate_job", RecordedEvaluations())
+    with pytest.raises(EvaluationsFailed, match=f"1 of 3 evaluations failed: {patience3} \\(no result.json in"):
+        run_job(plan.evaluations[0])
+    reason = json.loads(GridDir(plan.root).run(patience3).failure.read_text())["reason"]
+    assert reason.endswith("its training has not finished; submit the grid again to rerun it")
+    assert GridDir(plan.root).run(patience1).eval_result.exists()

@@ -87,6 +87,7 @@ def test_shipped_study_grid() -> None:
     assert len(grid.cells) == 15
     assert {c.config.early_stopping.variant for c in grid.cells} == {
         "none", "patience1", "patience3", "patience5", "patience3-thr0.01"}
+    assert grid.aggregate_resources.gpus_per_node == 0 and grid.spec.resources.gpus_per_node == 1
 
 
 def test_overrides_reach_base_and_axes(tmp_path: Path) -> None:

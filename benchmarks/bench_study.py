@@ -8,7 +8,8 @@ Plans need no data or GPU. Training tokens = trainings x max_steps x tokens per 
 device x accumulation x GPUs x block size): an upper bound for the stopping arms when they are
 trained (they stop early), exact for replay (it trains `none` only). Evaluation jobs: one per
 training plus the base model; with replay, a training's job evaluates each distinct kept checkpoint
-of its cells once (the others get a copy, `copied_from`), which the measured run shows. Stage times come from each job's submitit log (first and last timestamps).
+of its cells once (the others get a copy, `copied_from`), which the measured run shows. Stage times
+come from each job's submitit log (first and last timestamps).
 """
 
 from __future__ import annotations

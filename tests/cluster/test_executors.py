@@ -419,3 +419,41 @@ def test_status_shows_failure_records_without_slurm(tmp_path: Path) -> None:
     assert (states["evaluate/base"].state, states["evaluate/base"].reason) == ("failed", "base model not in the cache")
     assert states[plan.evaluations[0].name].state == "not submitted" and states["aggregate"].reason is None
     assert "    reason: CUDA out of memory" in format_status(list(states.values()))
+
+
+def test_dry_run_of_the_shipped_gpu_grid_shows_gpu_hours_per_stage(tmp_path: Path, capsys) -> None:
+    """3 trainings and 3 evaluation jobs (one per training, not one per cell) of 1 GPU x 60 min,
+    the base evaluation, and an aggregation on CPU."""
+    from storytune.cluster.launch import submit_grid
+    from storytune.study.grid import load_grid
+
+    grid = load_grid(Path(__file__).parents[2] / "configs" / "grids" / "early_stopping.yaml",
+                     [f"output_dir={tmp_path}"])
+    assert submit_grid(grid, executor_name="slurm", dry_run=True) == 0
+    out = capsys.readouterr().out
+    hours = out.split("# GPU-hours requested")[1].split("# sbatch script")[0]
+    assert [line.split() for line in hours.strip().splitlines()[1:]] == [
+        ["finetune", "3.0"], ["evaluate", "3.0"], ["evaluate_base", "1.0"], ["aggregate", "0.0"], ["total", "7.0"]]
+    assert "evaluate         3 jobs (array 0-2%3)" in out and "(15 cells, each distinct kept checkpoint" in out
+    assert not (tmp_path / "early_stopping" / "plan.json").exists()
+
+
+def test_dry_run_says_which_base_evaluation_key_is_done(tmp_path: Path, capsys) -> None:
+    """The issue's case: a finished grid resubmitted with other generation settings must not show
+    the old base evaluation as done."""
+    from storytune.cluster.launch import submit_grid
+
+    g = grid(tmp_path)
+    old = make_plan(g).base_evaluation
+    write_json_atomic(old.output, {"done": True})
+    submit_grid(g, executor_name="slurm", dry_run=True)
+    assert f"evaluation: done (key {old.key}: base/eval-{old.key})" in capsys.readouterr().out
+    raw = grid_raw(tmp_path)
+    changed = expand_grid({**raw, "base": {**raw["base"], "generation": {"num_prompts": 4, "max_new_tokens": 12}}})
+    new = make_plan(changed).base_evaluation
+    assert new.key != old.key and not new.done
+    submit_grid(changed, executor_name="slurm", dry_run=True)
+    out = capsys.readouterr().out
+    assert (f"evaluation: pending (key {new.key}: base/eval-{new.key}; done under other settings: {old.key}, "
+            "not reused)") in out
+    assert "evaluate_base    1 job" in out

@@ -338,9 +338,9 @@ def overfitting_finding(none: dict[str, Any] | None, groups: Sequence[list[dict[
             rises.append(losses[-1][1] - low)
     described = ""
     if rises:
-        described = (f"its validation loss reached its minimum at step {sum(minima) / len(minima):,.0f} on average and "
-                     f"ended {sum(rises) / len(rises):.3f} nats above it (descriptive: a curve's minimum is below "
-                     "its end by selection)")
+        described = (f"`none`'s validation loss reached its minimum at step {sum(minima) / len(minima):,.0f} on "
+                     f"average and ended {sum(rises) / len(rises):.3f} nats above it (descriptive: a curve's "
+                     "minimum is below its end by selection)")
     none_kept = {c["seed"]: c["kept_step"] for c in none["curves"]}
     evidence = []
     for group in groups:

@@ -68,7 +68,7 @@ def test_report_shows_the_exact_numbers_in_html_markdown_and_csv(tmp_path: Path)
     assert '<table id="comparison-table">' in html and "5.398 [5.392, 5.404]" in html
     for finding in known_summary()["findings"]:
         assert f"- {finding}" in markdown
-    assert "<li>patience3: no difference from <code>none</code> can be told apart.</li>" in html
+    assert "<li>patience3: not distinguishable from <code>none</code>.</li>" in html
 
     rows = {r["arm"]: r for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))}
     assert list(rows) == ["base", "none", "patience2", "patience3"]

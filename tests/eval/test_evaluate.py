@@ -54,7 +54,8 @@ from storytune.train.model import (
 
 NUM_PROMPTS = 8
 LENGTH = 8  # eval.length_match_tokens here: half of max_new_tokens, so some samples reach it
-METRICS = {*CORPUS_METRICS, "fluency_perplexity", "fluency_nll", "coherence", "new_tokens", "test_perplexity", *length_keys(LENGTH)}
+METRICS = {*CORPUS_METRICS, "fluency_perplexity", "fluency_nll", "coherence", "new_tokens", "test_perplexity",
+           *length_keys(LENGTH)}
 TOP_KEYS = {"kind", "model", "metrics", "mauve", "ci", "scorer", "encoder", "length_match", "counts", "settings",
             "versions", "timings_s", "files", "finished_at"}
 PER_SAMPLE_KEYS = {"fluency_perplexity", "fluency_nll", "coherence", "new_tokens", *PER_TEXT_METRICS, "self_bleu"}

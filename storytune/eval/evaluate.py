@@ -35,7 +35,7 @@ Empty continuations (nothing but whitespace) are excluded from every metric and 
 Per-sample metrics are aggregated as mean + percentile-bootstrap 95% CI over samples.
 
 `eval.json` (see `eval_payload`): `metrics.<key>` = {mean, ci_low, ci_high, n} for the keys
-distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexity, coherence,
+distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexity, fluency_nll, coherence,
 new_tokens (continuation length, in the evaluated model's tokens) and test_perplexity (CI null), and
 `<key>_len<L>` for the diversity keys and coherence on the cut continuations (e.g. `distinct_2_len32`;
 absent when `eval.length_match_tokens` is null); `mauve` = {value, reason};
@@ -47,7 +47,7 @@ aggregation compares `scorer.used` and `encoder.used` across cells and refuses t
 
 `generations.jsonl`: one `GenerationRecord` per sample, in prompt order, with `index` (position of the
 prompt, the same for every model evaluated with the same settings, so models pair by prompt),
-`story_index`, `new_tokens` and `metrics`: its per-sample values of fluency_perplexity, coherence,
+`story_index`, `new_tokens` and `metrics`: its per-sample values of fluency_perplexity, fluency_nll, coherence,
 new_tokens, the per-text n-gram metrics (distinct_1/2/3, rep_2/3/4, self_bleu = the text's BLEU-4
 against the other continuations) and their `_len<L>` versions (null where undefined or excluded).
 """

@@ -1,8 +1,10 @@
-"""Benchmark: render the study report (storytune.study.report.write_report) from a synthetic summary.json.
+"""Benchmark: aggregate a grid (storytune.study.compare.summarize) and render its report (write_report).
 
 The default is the issue's 15-cell grid: 5 arms x 3 seeds, 25 evaluations per run, 10 generation metrics
-and 20 prompts of samples; the requirement is under 30 s on 2 CPU cores. The summary is synthetic (made
-up curves and intervals with the shape of a real replay study), since only its size matters for timing.
+and 20 prompts of samples; the requirement is under 30 s on 2 CPU cores for both together. Timed twice:
+`summarize` on 15 synthetic cells (200 test stories, 100 prompts with 8 per-prompt metrics each, the
+statistics, Holm and the findings), then `write_report` on a synthetic summary.json (made up curves and
+intervals with the shape of a real replay study), since only their sizes matter for timing.
 
     python benchmarks/bench_report.py                       # 5 arms x 3 seeds, prints the wall time
     python benchmarks/bench_report.py --arms 15 --out /tmp/r  # keep the report (e.g. for a screenshot)
@@ -21,8 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from storytune.study.compare import BaseData, CellData, Context, summarize  # noqa: E402
 from storytune.study.report import write_report  # noqa: E402
 
 METRICS = {  # key -> (label, higher is better, unit, typical value, typical CI half-width)
@@ -33,8 +38,8 @@ METRICS = {  # key -> (label, higher is better, unit, typical value, typical CI 
     "rep_3": ("rep-3", False, "", 0.09, 0.008),
     "rep_4": ("rep-4", False, "", 0.05, 0.006),
     "diversity": ("diversity", True, "", 0.61, 0.02),
-    "self_bleu": ("self-BLEU-4", False, "", 0.32, 0.02),
-    "fluency_perplexity": ("fluency perplexity", False, "", 18.4, 1.2),
+    "distinct_2_len16": ("distinct-2, first 16 tokens", True, "", 0.82, 0.02),
+    "fluency_nll": ("scorer NLL per token (length-matched; scorer perplexity = exp)", False, "nats/token", 2.9, 0.05),
     "coherence": ("coherence", True, "cosine", 0.47, 0.015),
     "new_tokens": ("new tokens", None, "tokens", 96.0, 4.0),
 }
@@ -127,7 +132,8 @@ def synthetic_summary(n_arms: int = 5, n_seeds: int = 3, n_evals: int = 25, n_me
         "warnings": ["The base model is a random initialisation: differences vs base say little.",
                      "Synthetic summary for the benchmark: the numbers are made up."],
         "findings": [f"`{names[-1]}` stopped early on every seed; the numbers here are synthetic.",
-                     "No difference from `none` can be told apart for distinct-2."],
+                     "`patience1-thr0.00` vs `none` on generation: no generation metric differs from `none` after "
+                     "Holm correction (10 compared)."],
         "cells": {"expected": n_arms * n_seeds, "finished": n_arms * n_seeds, "failed": [], "missing_evals": []},
         "replay": {"trainings": n_seeds, "trainings_without_replay": n_arms * n_seeds,
                    "train_tokens": max_steps * tokens_per_step * n_seeds,
@@ -146,6 +152,37 @@ def synthetic_summary(n_arms: int = 5, n_seeds: int = 3, n_evals: int = 25, n_me
     }
 
 
+def synthetic_cells(n_arms: int, n_seeds: int, n_evals: int, stories: int = 200, prompts: int = 100,
+                    seed: int = 0) -> list[CellData]:
+    """Finished cells with per-story test losses and per-prompt generation metrics (what summarize reads)."""
+    rng = np.random.default_rng(seed)
+    eval_steps, max_steps = 200, 200 * n_evals
+    tokens = rng.integers(50, 400, stories)
+    story = rng.normal(2.0, 0.3, stories)
+    keys = ["fluency_nll", "coherence", "distinct_2", "rep_2", "coherence_len16", "distinct_2_len16", "rep_2_len16"]
+    cells = []
+    for arm in range(n_arms):
+        variant = "none" if arm == 0 else f"patience{arm}"
+        for s in range(1, n_seeds + 1):
+            curve = _curve(s, max_steps, eval_steps, 4096, None if arm == 0 else arm)
+            loss = (story + 0.01 * arm + rng.normal(0, 0.05, stories)) * tokens
+            result = {"stop_step": curve["stop_step"], "best_step": curve["best_step"], "kept_step": curve["kept_step"],
+                      "stopped_early": curve["stop_step"] < max_steps, "max_steps": max_steps,
+                      "tokens_per_step": 4096, "train_tokens": curve["stop_step"] * 4096, "kept_eval_loss": 5.3,
+                      "eval_history": curve["history"],
+                      "test_story_losses": {"loss_sum": loss.tolist(), "tokens": tokens.tolist()},
+                      "base_test_story_losses": {"loss_sum": (story * tokens * 5).tolist(), "tokens": tokens.tolist()}}
+            generations = [{"story_index": j, "prompt": f"p{j}", "reference": "r", "continuation": "c",
+                            "new_tokens": int(rng.integers(10, 64)),
+                            "metrics": {k: float(rng.normal(1.0, 0.2)) for k in keys}} for j in range(prompts)]
+            evaluation = {"scorer": {"used": "s"}, "encoder": {"used": "e"},
+                          "metrics": {"self_bleu": {"mean": 0.3, "ci_low": 0.28, "ci_high": 0.32, "n": prompts}},
+                          "mauve": {"value": None, "reason": "off"}}
+            cells.append(CellData(f"{variant}-seed{s}", variant, s, result=result, eval=evaluation,
+                                  generations=generations))
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", type=int, default=5)
@@ -155,6 +192,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="prompts in the samples section")
     parser.add_argument("--out", type=Path, help="keep the report here (default: a temporary folder)")
     args = parser.parse_args()
+    cells = synthetic_cells(args.arms, args.seeds, args.evals)
+    start = time.perf_counter()
+    summarize(cells, Context("synthetic", "2026-11-27T14:30:00+00:00", True, BaseData("base", True)))
+    aggregated = time.perf_counter() - start
+    print(f"summarize: {len(cells)} cells, 200 stories, 100 prompts x 7 metrics: {aggregated:.2f} s wall")
     summary = json.loads(json.dumps(synthetic_summary(args.arms, args.seeds, args.evals, args.metrics, args.samples)))
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
@@ -164,7 +206,8 @@ def main() -> None:
         size_kb = html_path.stat().st_size / 1024
         print(f"cpus available: {len(os.sched_getaffinity(0))}, python {platform.python_version()}")
         print(f"{args.arms} arms x {args.seeds} seeds, {args.evals} evaluations, {args.metrics} metrics, "
-              f"{args.samples} samples: write_report {elapsed:.2f} s wall, report.html {size_kb:,.0f} KiB")
+              f"{args.samples} samples: write_report {elapsed:.2f} s wall, report.html {size_kb:,.0f} KiB; "
+              f"aggregate + report {aggregated + elapsed:.2f} s")
         if args.out:
             print(html_path)
 

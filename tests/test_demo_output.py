@@ -33,14 +33,37 @@ def test_every_cell_finished_with_two_seeds(summary: dict) -> None:
 
 
 def test_the_none_arm_overfits(summary: dict) -> None:
-    """Its validation minimum lies before its last evaluation, and it ends >= 0.05 nats above it, every seed."""
+    """Its validation minimum lies before its last evaluation, and it ends >= 0.05 nats above it, every seed;
+    the finding itself rests on the test loss of an arm that keeps an earlier checkpoint (Holm-corrected)."""
     none = next(arm for arm in summary["arms"] if arm["variant"] == "none")
     for curve in none["curves"]:
         losses = [(p["step"], p["eval_loss"]) for p in curve["history"]]
         best_step, best = min(losses, key=lambda p: p[1])
         assert best_step < losses[-1][0], f"seed {curve['seed']}: no minimum before the end"
         assert losses[-1][1] - best >= 0.05, f"seed {curve['seed']}: rose only {losses[-1][1] - best:.3f} nats"
-    assert any("the `none` arm overfits" in finding for finding in summary["findings"])
+    finding = next(f for f in summary["findings"] if "the `none` arm overfits" in f)
+    assert "keep an earlier checkpoint" in finding or "keeps an earlier checkpoint" in finding
+    assert "lower than `none`" in finding and "Holm-adjusted" in finding
+
+
+def test_findings_follow_the_inference_rules(summary: dict) -> None:
+    """Directions only with an interval and a Holm-adjusted p; below 3 seeds only the conditional claim."""
+    few_seeds = min(arm["n_seeds"] for arm in summary["arms"]) < summary["tests"]["min_seeds"]
+    assert len(set(summary["findings"])) == len(summary["findings"])
+    for finding in summary["findings"]:
+        assert "can be told apart" not in finding and "is no difference" not in finding
+        if " higher than " in finding or " lower than " in finding:
+            assert "95% CI" in finding and "Holm-adjusted" in finding, finding
+            assert ("for these trained models only" in finding) == few_seeds, finding
+
+
+def test_identical_checkpoints_are_one_finding_and_every_arm_meets_the_base(summary: dict) -> None:
+    for arm in summary["arms"]:
+        name = f"`{arm['variant']}`"
+        if arm["same_checkpoints_as"] and "none" not in arm["same_checkpoints_as"]:
+            assert sum(f.count(f"{name} stopped") for f in summary["findings"]) == 0
+            assert sum(name in f and "kept the same checkpoint in every seed" in f for f in summary["findings"]) == 1
+        assert any(f.startswith("Against the base model") and name in f for f in summary["findings"]), name
 
 
 def test_the_report_was_rendered(summary: dict) -> None:

@@ -367,12 +367,13 @@ def _report_to_wandb(config: RunConfig, grid: GridDir, summary: dict) -> None:
         if not tracker:
             return
         header = ["variant", "seeds", "stop step", "compute saved", "test loss", "ci low", "ci high",
-                  "vs none diff", "vs none p"]
+                  "vs none diff", "vs none p", "vs none Holm p"]
         rows = []
         for arm in summary["arms"]:
             test, vs = arm["test_loss"] or {}, arm["vs_none"].get("test_loss") or {}
             rows.append([arm["variant"], arm["n_seeds"], arm["stop_step"], arm["compute_saved"], test.get("mean"),
-                         test.get("ci_low"), test.get("ci_high"), vs.get("diff"), vs.get("p_value")])
+                         test.get("ci_low"), test.get("ci_high"), vs.get("diff"), vs.get("p_value"),
+                         vs.get("p_holm")])
         tracker.table("report/arms", header, rows)
         tracker.table("report/findings", ["finding"], [[f] for f in summary["findings"]])
         tracker.images({f"report/{path.stem}": path for path in sorted((grid.report / "plots").glob("*.png"))})

@@ -19,6 +19,9 @@ What is measured (formulas in `docs/metrics.md`, prompt and decoding rules in `s
   space kept), so the prompt/continuation boundary is the real one;
 * test perplexity: the evaluated model's own perplexity on all held-out test stories
   (`metrics.corpus_perplexity`, windows of `data.block_size`); a single corpus value, no CI;
+* fluency_nll: mean per-token negative log-likelihood (nats) under the scorer of each continuation
+  cut to `eval.length_match_tokens` tokens (the whole continuation when that is null); the study
+  averages it and reports scorer perplexity = exp(mean NLL), which no single text dominates;
 * coherence: cosine similarity of prompt and continuation embeddings (`eval.encoder`);
 * MAUVE of continuations against references when `eval.mauve` and `mauve-text` is installed;
 * length-matched: continuation length confounds the text metrics (a model that runs to the token
@@ -32,7 +35,7 @@ Empty continuations (nothing but whitespace) are excluded from every metric and 
 Per-sample metrics are aggregated as mean + percentile-bootstrap 95% CI over samples.
 
 `eval.json` (see `eval_payload`): `metrics.<key>` = {mean, ci_low, ci_high, n} for the keys
-distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexity, coherence,
+distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexity, fluency_nll, coherence,
 new_tokens (continuation length, in the evaluated model's tokens) and test_perplexity (CI null), and
 `<key>_len<L>` for the diversity keys and coherence on the cut continuations (e.g. `distinct_2_len32`;
 absent when `eval.length_match_tokens` is null); `mauve` = {value, reason};
@@ -44,7 +47,7 @@ aggregation compares `scorer.used` and `encoder.used` across cells and refuses t
 
 `generations.jsonl`: one `GenerationRecord` per sample, in prompt order, with `index` (position of the
 prompt, the same for every model evaluated with the same settings, so models pair by prompt),
-`story_index`, `new_tokens` and `metrics`: its per-sample values of fluency_perplexity, coherence,
+`story_index`, `new_tokens` and `metrics`: its per-sample values of fluency_perplexity, fluency_nll, coherence,
 new_tokens, the per-text n-gram metrics (distinct_1/2/3, rep_2/3/4, self_bleu = the text's BLEU-4
 against the other continuations) and their `_len<L>` versions (null where undefined or excluded).
 """
@@ -110,7 +113,7 @@ CORPUS_METRICS: dict[str, Callable[[list[str]], float]] = {
 # The same n-gram metrics on one text at a time (self-BLEU per text comes from self_bleu_scores).
 PER_TEXT_METRICS = ("distinct_1", "distinct_2", "distinct_3", "rep_2", "rep_3", "rep_4")
 # Per-sample metrics aggregated as mean + bootstrap CI.
-PER_SAMPLE_METRICS = ("fluency_perplexity", "coherence", "new_tokens")
+PER_SAMPLE_METRICS = ("fluency_perplexity", "fluency_nll", "coherence", "new_tokens")
 
 
 def length_key(name: str, tokens: int) -> str:
@@ -319,6 +322,21 @@ def fluency(scorer: Scorer, samples: Samples, batch_size: int) -> list[float]:
                                             pick(samples.raw, kept), batch_size=batch_size)
 
 
+def fluency_nll(scorer: Scorer, samples: Samples, batch_size: int,
+                length_matched: bool) -> tuple[list[float], list[int]]:
+    """Mean per-token NLL (nats) under the scorer of each length-matched continuation (every kept one when
+    length matching is off), and the sample indices they belong to. Length-matched, so that a model that
+    writes longer texts is not scored on different positions than one that stops early."""
+    indices = samples.length_kept if length_matched else samples.kept
+    texts = pick(samples.cut_continuations if length_matched else samples.raw, indices)
+    if not indices:
+        return [], []
+    values = metrics.conditional_nlls(scorer.lm.model, scorer.lm.tokenizer,
+                                      pick([p.prompt for p in samples.prompts], indices), texts,
+                                      batch_size=batch_size)
+    return values, indices
+
+
 def coherence(encoder: metrics.SentenceEncoder, samples: Samples) -> tuple[list[float], list[float]]:
     """Coherence of the kept continuations and of the length-matched cuts, embedded in ONE encoder call."""
     kept, matched = samples.kept, samples.length_kept
@@ -385,6 +403,8 @@ def score(evaluation: Evaluation, lm: LoadedLM, scorer: Scorer, encoder: metrics
                                                                       ev.batch_size)
     with timer("fluency"):
         evaluation.per_sample["fluency_perplexity"] = scatter(fluency(scorer, samples, ev.batch_size), kept, n)
+        nlls, scored = fluency_nll(scorer, samples, ev.batch_size, bool(ev.length_match_tokens))
+        evaluation.per_sample["fluency_nll"] = scatter(nlls, scored, n)
     with timer("coherence"):
         full, cut = coherence(encoder, samples)
         evaluation.per_sample["coherence"] = scatter(full, kept, n)

@@ -8,17 +8,17 @@ a story-level bootstrap interval, and per-story values that pair every model on 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from storytune.interval import CONFIDENCE, RESAMPLES, ratio_interval
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import Trainer
-
-CONFIDENCE = 0.95
-RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,12 @@ def test_loss_interval(losses: StoryLosses, confidence: float = CONFIDENCE, n_re
                        seed: int = 0) -> dict[str, Any]:
     """Test loss (total nats / total tokens) with a story-level percentile-bootstrap CI.
 
-    Stories are resampled with their token counts (`paired=True`), so the interval is for the
-    same token-weighted mean the point estimate is."""
-    from scipy.stats import bootstrap
-
-    loss_sum, tokens = np.asarray(losses.loss_sum), np.asarray(losses.tokens, dtype=np.float64)
-    mean = float(loss_sum.sum() / tokens.sum())
-    if len(loss_sum) < 2:
-        return {"mean": mean, "ci_low": None, "ci_high": None, "n_stories": len(loss_sum)}
-    result = bootstrap((loss_sum, tokens), lambda s, t, axis=-1: s.sum(axis=axis) / t.sum(axis=axis),
-                       paired=True, vectorized=True, confidence_level=confidence, n_resamples=n_resamples,
-                       method="percentile", random_state=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    return {"mean": mean, "ci_low": float(ci.low), "ci_high": float(ci.high), "n_stories": len(loss_sum)}
+    Stories are resampled with their token counts (`storytune.interval.ratio_interval`, the function
+    the study summary uses too), so the interval is for the same token-weighted mean the point estimate is."""
+    found = ratio_interval(losses.loss_sum, losses.tokens, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    finite = math.isfinite(found.ci_low) and math.isfinite(found.ci_high)
+    return {"mean": found.mean, "ci_low": found.ci_low if finite else None,
+            "ci_high": found.ci_high if finite else None, "n_stories": found.n}
 
 
 def per_story_values(losses: StoryLosses) -> np.ndarray:

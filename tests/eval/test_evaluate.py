@@ -54,10 +54,11 @@ from storytune.train.model import (
 
 NUM_PROMPTS = 8
 LENGTH = 8  # eval.length_match_tokens here: half of max_new_tokens, so some samples reach it
-METRICS = {*CORPUS_METRICS, "fluency_perplexity", "coherence", "new_tokens", "test_perplexity", *length_keys(LENGTH)}
+METRICS = {*CORPUS_METRICS, "fluency_perplexity", "fluency_nll", "coherence", "new_tokens", "test_perplexity",
+           *length_keys(LENGTH)}
 TOP_KEYS = {"kind", "model", "metrics", "mauve", "ci", "scorer", "encoder", "length_match", "counts", "settings",
             "versions", "timings_s", "files", "finished_at"}
-PER_SAMPLE_KEYS = {"fluency_perplexity", "coherence", "new_tokens", *PER_TEXT_METRICS, "self_bleu"}
+PER_SAMPLE_KEYS = {"fluency_perplexity", "fluency_nll", "coherence", "new_tokens", *PER_TEXT_METRICS, "self_bleu"}
 
 
 def tiny_config(stories: Path, cache: Path, out: Path, *extra: str):
@@ -99,7 +100,7 @@ def test_eval_json_has_every_metric_with_finite_values(run, which):
     assert set(result) >= TOP_KEYS
     assert set(result["metrics"]) == METRICS
     for name, agg in result["metrics"].items():
-        if name in length_keys(LENGTH) and agg["n"] < 2:
+        if name in [*length_keys(LENGTH), "fluency_nll"] and agg["n"] < 2:
             continue  # too few samples reached LENGTH tokens (a possible outcome): checked below instead
         assert math.isfinite(agg["mean"]), name
         if name != "test_perplexity":
@@ -136,6 +137,9 @@ def test_generations_jsonl_has_one_line_per_prompt(run, which):
             assert line["metrics"]["new_tokens"] == line["new_tokens"] and line["metrics"]["fluency_perplexity"] > 1
         if line["new_tokens"] < LENGTH:
             assert line["metrics"][f"distinct_1_len{LENGTH}"] is None
+            assert line["metrics"]["fluency_nll"] is None  # fluency is scored on length-matched continuations only
+        elif line["metrics"][f"distinct_1_len{LENGTH}"] is not None:
+            assert line["metrics"]["fluency_nll"] > 0
 
 
 def test_every_model_gets_the_same_prompts(run):

@@ -313,6 +313,10 @@ def test_conditional_perplexities_equal_plain_forward(tiny_gpt2, gpt2_tokenizer)
     # batch size does not change the result
     np.testing.assert_allclose(
         M.conditional_perplexities(tiny_gpt2, gpt2_tokenizer, prompts, conts, batch_size=1), got, rtol=1e-5)
+    # fluency_nll's per-token NLL is the same number before the exp (the study averages NLL, not perplexity)
+    nlls = M.conditional_nlls(tiny_gpt2, gpt2_tokenizer, prompts + ["x"], conts + [""], batch_size=3)
+    np.testing.assert_allclose(np.exp(nlls[:4]), got, rtol=1e-9)
+    assert math.isnan(nlls[4])
 
 
 def test_conditional_perplexities_edge_cases(tiny_gpt2, gpt2_tokenizer):

@@ -68,7 +68,7 @@ def test_report_shows_the_exact_numbers_in_html_markdown_and_csv(tmp_path: Path)
     assert '<table id="comparison-table">' in html and "5.398 [5.392, 5.404]" in html
     for finding in known_summary()["findings"]:
         assert f"- {finding}" in markdown
-    assert "<li>patience3: no difference from <code>none</code> can be told apart.</li>" in html
+    assert "<li>patience3: not distinguishable from <code>none</code>.</li>" in html
 
     rows = {r["arm"]: r for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))}
     assert list(rows) == ["base", "none", "patience2", "patience3"]
@@ -213,3 +213,23 @@ def test_rerendering_removes_plots_that_no_longer_apply(tmp_path: Path) -> None:
 
 def test_rendering_is_deterministic() -> None:
     assert plot_files(known_summary()) == plot_files(known_summary())
+
+
+def test_holm_p_decides_the_colour_and_fluency_and_set_metrics_are_shown_as_measured() -> None:
+    from storytune.study.report.tables import metric_rows, set_metric_rows
+    from storytune.study.report.text import render_markdown
+
+    # Raw p < 0.05 but Holm-adjusted above it: not a finding, so no colour.
+    assert verdict({"ci_low": -0.02, "ci_high": -0.004, "p_value": 0.01, "p_holm": 0.2}, False) == ""
+    assert verdict({"ci_low": -0.02, "ci_high": -0.004, "p_value": 0.001, "p_holm": 0.01}, False) == "better"
+    summary = known_summary()
+    summary["metric_info"]["fluency_nll"] = {"label": "scorer NLL", "higher_is_better": False, "unit": "nats/token"}
+    summary["arms"][0]["metrics"]["fluency_nll"] = {"mean": math.log(20.0), "ci_low": math.log(18.0),
+                                                     "ci_high": math.log(22.0)}
+    summary["set_metric_info"] = {"self_bleu": {"label": "self-BLEU-4 (set)", "higher_is_better": False, "unit": ""}}
+    summary["arms"][0]["set_metrics"] = {"self_bleu": {"mean": 0.31, "ci_low": 0.29, "ci_high": 0.33}}
+    header, rows = metric_rows(summary, ["fluency_nll"])
+    assert header[1] == "scorer perplexity (exp mean NLL)" and rows[1][1] == "20.0 [18.0, 22.0]"
+    s_header, s_rows = set_metric_rows(summary)
+    assert s_header == ["arm", "self-BLEU-4 (set)"] and s_rows == [["none", "0.310 [0.290, 0.330]"]]
+    assert "### Set-level metrics" in render_markdown(summary)

@@ -8,7 +8,7 @@ Formulas, sources and the rules for bad input: ``docs/metrics.md``.
 
 from storytune.eval.metrics.ci import Aggregate, aggregate, bootstrap_ci, bootstrap_corpus_metric
 from storytune.eval.metrics.coherence import SentenceEncoder, coherence_scores, load_sentence_encoder
-from storytune.eval.metrics.lm import conditional_perplexities, corpus_perplexity
+from storytune.eval.metrics.lm import conditional_nlls, conditional_perplexities, corpus_perplexity
 from storytune.eval.metrics.mauve import mauve_score, mauve_unavailable_reason
 from storytune.eval.metrics.ngrams import distinct_n, diversity, rep_n
 from storytune.eval.metrics.self_bleu import self_bleu, self_bleu_scores
@@ -20,6 +20,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_corpus_metric",
     "coherence_scores",
+    "conditional_nlls",
     "conditional_perplexities",
     "corpus_perplexity",
     "distinct_n",

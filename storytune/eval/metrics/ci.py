@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from storytune.eval.metrics.ngrams import _check_texts
+from storytune.interval import Interval
 
 # --------------------------------------------------------------------------------------------------
 # Confidence intervals
 
 
-@dataclass(frozen=True)
-class Aggregate:
-    """A point estimate with a confidence interval and the number of values (or texts) behind it."""
-
-    mean: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+Aggregate = Interval
+"""The project's one interval type (`storytune.interval.Interval`): mean, ci_low, ci_high, n."""
 
 
 def _check_ci_args(confidence: float, n_resamples: int) -> None:

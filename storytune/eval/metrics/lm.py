@@ -79,9 +79,23 @@ def conditional_perplexities(
     batch_size: int = 8,
     device: Any = None,
 ) -> list[float]:
-    """Per-sample perplexity of each continuation conditioned on its prompt.
+    """Per-sample perplexity ``exp(conditional_nlls(...))`` of each continuation given its prompt."""
+    return [math.exp(v) if not math.isnan(v) else math.nan
+            for v in conditional_nlls(model, tokenizer, prompts, continuations, batch_size, device)]
 
-    ``ppl_i = exp(mean over continuation tokens t of -log p(t | prompt, earlier continuation tokens))``.
+
+def conditional_nlls(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    continuations: list[str],
+    batch_size: int = 8,
+    device: Any = None,
+) -> list[float]:
+    """Per-sample mean negative log-likelihood per token (nats) of each continuation given its prompt.
+
+    ``nll_i = mean over continuation tokens t of -log p(t | prompt, earlier continuation tokens)``
+    (its perplexity is ``exp(nll_i)``).
     Prompt and continuation are tokenized *separately* (no special tokens) and their ids
     concatenated, so the boundary is exact: a continuation that starts with a space must carry it.
     Prompt tokens are context only. An empty prompt is replaced by the tokenizer's BOS token
@@ -133,7 +147,7 @@ def conditional_perplexities(
     if seqs:
         pad_id = _pad_id(tokenizer)
         for i, (nll, count) in zip(seq_index, _score_sequences(model, seqs, pad_id, batch_size, device)):
-            out[i] = math.exp(nll / count)
+            out[i] = nll / count
     return out
 
 

@@ -100,11 +100,24 @@ def fmt_percent(value: Any) -> str:
     return MISSING if _num(value) is None else f"{_num(value):.0%}"
 
 
+def test_p(diff: Stat | None) -> Any:
+    """The p-value a finding is decided on: Holm-adjusted when the summary has it, else the raw one."""
+    holm = _get(diff, "p_holm")
+    return holm if _num(holm) is not None else _get(diff, "p_value")
+
+
+def scorer_perplexity(stat: Stat | None) -> Stat | None:
+    """A mean per-token NLL interval shown as scorer perplexity: exp of the mean and of each bound."""
+    if not isinstance(stat, dict):
+        return stat
+    return {**stat, **{k: math.exp(v) for k in ("mean", "ci_low", "ci_high") if (v := _num(stat.get(k))) is not None}}
+
+
 def verdict(diff: Stat | None, higher_is_better: bool | None) -> str:
-    """'better' / 'worse' when a difference can be told apart (its interval excludes zero and p < 0.05,
-    the findings' rule), '' otherwise."""
+    """'better' / 'worse' when a difference is a finding (its interval excludes zero and its Holm-adjusted
+    p < 0.05, the findings' rule), '' otherwise."""
     low, high = _num(_get(diff, "ci_low")), _num(_get(diff, "ci_high"))
-    p = _num(_get(diff, "p_value"))
+    p = _num(test_p(diff))
     if low is None or high is None or higher_is_better is None or low <= 0 <= high or (p is not None and p >= 0.05):
         return ""
     return "better" if (low > 0) == bool(higher_is_better) else "worse"

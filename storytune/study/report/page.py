@@ -10,7 +10,7 @@ from typing import Any
 
 from storytune.study.report.fmt import BASE_COLOR, MISSING, arm_colors, fmt_count, has_results, metric_keys
 from storytune.study.report.plots import PLOT_CAPTIONS
-from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows
+from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows, set_metric_rows
 
 # --------------------------------------------------------------------------------------------------
 # HTML
@@ -155,8 +155,9 @@ def _tables_html(summary: dict, colors: dict[str, str]) -> str:
              '<p class="note">Means over seeds; test loss (nats/token) and its differences (Δ: arm minus '
              "<code>none</code> or the base model) with 95% intervals. Compute saved: 1 − training tokens / "
              "training tokens of <code>none</code>. Kept val. loss: the validation loss at the kept step, what "
-             "the stopping rule selected on, not a result. Green: the interval shows it better; red: worse; "
-             "plain: no difference can be told apart.</p>"]
+             "the stopping rule selected on, not a result. Holm p: the p-value Holm-adjusted over every test of "
+             "the study. Green: a finding that it is better (interval off zero and Holm p &lt; 0.05); red: worse; "
+             "plain: not distinguishable.</p>"]
     keys = metric_keys(summary)
     if keys:
         m_header, m_rows = metric_rows(summary, keys)
@@ -165,6 +166,12 @@ def _tables_html(summary: dict, colors: dict[str, str]) -> str:
                                                                            colors),
                   "<h3>Differences in generation metrics</h3>",
                   html_table(d_header, d_rows, d_classes, "differences-table", colors)]
+    s_header, s_rows = set_metric_rows(summary)
+    if s_rows:
+        parts += ["<h3>Set-level metrics (value [95% set-level interval])</h3>",
+                  html_table(s_header, s_rows, None, "set-metrics-table", colors),
+                  '<p class="note">One value per set of continuations (a text\'s self-BLEU depends on all the '
+                  "others), so no per-prompt test; intervals half-sample the set.</p>"]
     return "".join(parts) + "</section>"
 
 

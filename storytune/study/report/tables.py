@@ -13,8 +13,12 @@ from storytune.study.report.fmt import (
     fmt_value,
     higher_is_better,
     metric_label,
+    scorer_perplexity,
+    test_p,
     verdict,
 )
+
+FLUENCY = "fluency_nll"  # shown as scorer perplexity = exp(mean NLL) in the metric table
 
 # --------------------------------------------------------------------------------------------------
 # Tables: one set of rows shared by HTML and markdown
@@ -23,7 +27,7 @@ from storytune.study.report.fmt import (
 def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """Header, rows and per-cell CSS classes ('' / 'better' / 'worse') of the main comparison, base first."""
     header = ["arm", "seeds", "stop step", "kept step", "stopped early", "train tokens", "compute saved",
-              "kept val. loss", "test loss", "Δ vs none", "p", "Δ vs base", "p"]
+              "kept val. loss", "test loss", "Δ vs none", "Holm p", "Δ vs base", "Holm p"]
     base_loss = _get(summary, "base", "test_loss")
     rows: list[list[str]] = []
     classes: list[list[str]] = []
@@ -39,8 +43,8 @@ def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]], list[lis
                      fmt_percent(arm.get("stopped_early")),
                      fmt_count(arm.get("train_tokens")), fmt_percent(arm.get("compute_saved")),
                      fmt_value(arm.get("selection_eval_loss")), fmt_ci(arm.get("test_loss")),
-                     fmt_ci(vs_none, "diff", sign=True), fmt_p(_get(vs_none, "p_value")),
-                     fmt_ci(vs_base, "diff", sign=True), fmt_p(_get(vs_base, "p_value"))])
+                     fmt_ci(vs_none, "diff", sign=True), fmt_p(test_p(vs_none)),
+                     fmt_ci(vs_base, "diff", sign=True), fmt_p(test_p(vs_base))])
         cls = [""] * len(header)
         cls[9], cls[11] = verdict(vs_none, False), verdict(vs_base, False)
         classes.append(cls)
@@ -56,24 +60,40 @@ def _seeds_text(arm: dict, grid_seeds: list) -> str:
 
 def metric_rows(summary: dict, keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """Wide table: one row per arm (base first), one column per metric, `mean [CI]`."""
-    header = ["arm"] + [metric_label(summary, k) for k in keys]
+    header = ["arm"] + ["scorer perplexity (exp mean NLL)" if k == FLUENCY else metric_label(summary, k) for k in keys]
+
+    def shown(stat: dict | None, key: str) -> str:
+        return fmt_ci(scorer_perplexity(stat) if key == FLUENCY else stat)
+
     rows = []
     if _get(summary, "base", "metrics"):
-        rows.append(["base"] + [fmt_ci(_get(summary, "base", "metrics", k)) for k in keys])
-    rows += [[str(a.get("variant"))] + [fmt_ci(_get(a, "metrics", k)) for k in keys] for a in arms(summary)]
+        rows.append(["base"] + [shown(_get(summary, "base", "metrics", k), k) for k in keys])
+    rows += [[str(a.get("variant"))] + [shown(_get(a, "metrics", k), k) for k in keys] for a in arms(summary)]
     return header, rows
+
+
+def set_metric_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Set-level metrics (self-BLEU, MAUVE): one value per model's set of continuations, set-level intervals."""
+    info = summary.get("set_metric_info") or {}
+    holders = [("base", _get(summary, "base", "set_metrics") or {})]
+    holders += [(str(a.get("variant")), a.get("set_metrics") or {}) for a in arms(summary)]
+    keys = [k for k in info if any(h.get(k) for _, h in holders)]
+    if not keys:
+        return [], []
+    header = ["arm"] + [str(_get(info, k, "label") or k) for k in keys]
+    return header, [[name] + [fmt_ci(h.get(k)) for k in keys] for name, h in holders if h]
 
 
 def difference_rows(summary: dict, keys: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """Long table: one row per (metric, arm) with the differences vs `none` and vs base, CI and p."""
-    header = ["metric", "arm", "mean", "Δ vs none", "p", "Δ vs base", "p"]
+    header = ["metric", "arm", "mean", "Δ vs none", "Holm p", "Δ vs base", "Holm p"]
     rows, classes = [], []
     for key in keys:
         better = higher_is_better(summary, key)
         for arm in arms(summary):
             vs_none, vs_base = _get(arm, "vs_none", key), _get(arm, "vs_base", key)
             rows.append([metric_label(summary, key), str(arm.get("variant")), fmt_ci(_get(arm, "metrics", key)),
-                         fmt_ci(vs_none, "diff", sign=True), fmt_p(_get(vs_none, "p_value")),
-                         fmt_ci(vs_base, "diff", sign=True), fmt_p(_get(vs_base, "p_value"))])
+                         fmt_ci(vs_none, "diff", sign=True), fmt_p(test_p(vs_none)),
+                         fmt_ci(vs_base, "diff", sign=True), fmt_p(test_p(vs_base))])
             classes.append(["", "", "", verdict(vs_none, better), "", verdict(vs_base, better), ""])
     return header, rows, classes

@@ -9,7 +9,7 @@ from typing import Any
 
 from storytune.study.report.fmt import _get, _num, arms, has_results, metric_keys
 from storytune.study.report.page import _is_numeric_cell
-from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows
+from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows, set_metric_rows
 
 # --------------------------------------------------------------------------------------------------
 # Markdown and CSV
@@ -42,6 +42,10 @@ def render_markdown(summary: dict) -> str:
             lines += ["", "### Generation metrics (mean [95% CI])", "", *markdown_table(*metric_rows(summary, keys))]
             d_header, d_rows, _ = difference_rows(summary, keys)
             lines += ["", "### Differences in generation metrics", "", *markdown_table(d_header, d_rows)]
+        s_header, s_rows = set_metric_rows(summary)
+        if s_rows:
+            lines += ["", "### Set-level metrics (value [95% set-level interval])", "",
+                      *markdown_table(s_header, s_rows)]
     intervals = _get(summary, "provenance", "intervals")
     if intervals:
         lines += ["", "Intervals: " + str(intervals)]
@@ -75,6 +79,7 @@ def csv_rows(summary: dict) -> list[dict[str, Any]]:
             diff = _get(arm, versus, "test_loss")
             row |= _csv_stat(f"test_loss_{versus}", diff, "diff")
             row[f"test_loss_{versus}_p"] = _num(_get(diff, "p_value"))
+            row[f"test_loss_{versus}_p_holm"] = _num(_get(diff, "p_holm"))
         for key in keys:
             row |= _csv_stat(key, _get(arm, "metrics", key))
         rows.append(row)

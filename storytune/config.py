@@ -403,6 +403,15 @@ class WandbConfig:
     """Extra tags (variant and seed are always added)."""
     log_model: bool = False
     """Upload the kept model as an artifact."""
+    sync: Literal["none", "osh"] = "none"
+    """Live dashboards from compute nodes without internet: `osh` makes every job of an offline run
+    drop a wandb-osh trigger file after each evaluation and at its end, and a `wandb-osh` watcher on
+    the login node runs `wandb sync` on that run (README: "Live W&B dashboards from compute nodes
+    without internet"). Needs `pip install 'storytune[osh]'`. Online runs stream anyway: no trigger."""
+    osh_command_dir: str | None = None
+    """Folder where jobs drop the trigger files and the watcher reads them (`wandb-osh --command-dir`):
+    on a filesystem that compute and login nodes share. None = wandb-osh's default,
+    `~/.wandb_osh_command_dir`."""
 
 
 @dataclass

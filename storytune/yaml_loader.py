@@ -13,6 +13,9 @@ Booleans, nulls and everything else resolve as before (YAML 1.1 / PyYAML's safe 
 
 A mapping with the same key twice raises `DuplicateKeyError` naming the key and both lines, instead
 of keeping the last value without a word.
+
+`dump_yaml` writes with the same rules, so a string that `load_yaml` would read as a number (a run
+name `1e3`) is quoted and every file storytune writes reads back as written.
 """
 
 from __future__ import annotations
@@ -136,16 +139,24 @@ class StoryLoader(yaml.SafeLoader):
             seen[key] = line
 
 
+class StoryDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper resolving plain scalars as `StoryLoader` reads them (quotes `'1e3'`)."""
+
+
 def _install_resolvers() -> None:
-    # A copy of the safe loader's implicit resolvers without its YAML 1.1 int/float ones, then ours.
-    StoryLoader.yaml_implicit_resolvers = {
-        char: [(tag, regexp) for tag, regexp in resolvers if tag not in (INT_TAG, FLOAT_TAG)]
-        for char, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    StoryLoader.add_implicit_resolver(FLOAT_TAG, FLOAT_PATTERN, _FIRST_CHARS)
-    StoryLoader.add_implicit_resolver(INT_TAG, INT_PATTERN, _FIRST_CHARS)
+    # A copy of the safe loader's implicit resolvers without its YAML 1.1 int/float ones, then ours;
+    # the dumper gets the same ones, so it quotes every string the loader would read as a number.
+    for cls in (StoryLoader, StoryDumper):
+        cls.yaml_implicit_resolvers = {
+            char: [(tag, regexp) for tag, regexp in resolvers if tag not in (INT_TAG, FLOAT_TAG)]
+            for char, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+        cls.add_implicit_resolver(FLOAT_TAG, FLOAT_PATTERN, _FIRST_CHARS)
+        cls.add_implicit_resolver(INT_TAG, INT_PATTERN, _FIRST_CHARS)
     StoryLoader.add_constructor(INT_TAG, StoryLoader.construct_yaml_int)
     StoryLoader.add_constructor(FLOAT_TAG, StoryLoader.construct_yaml_float)
+    StoryDumper.add_representer(YamlInt, yaml.representer.SafeRepresenter.represent_int)
+    StoryDumper.add_representer(YamlFloat, yaml.representer.SafeRepresenter.represent_float)
 
 
 _install_resolvers()
@@ -154,3 +165,8 @@ _install_resolvers()
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with `StoryLoader` (raises yaml.YAMLError, DuplicateKeyError included)."""
     return yaml.load(text, Loader=StoryLoader)  # noqa: S506 -- StoryLoader is a SafeLoader
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text of `data` that `load_yaml` reads back as `data` (key order kept)."""
+    return yaml.dump(data, Dumper=StoryDumper, sort_keys=False)

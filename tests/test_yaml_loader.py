@@ -142,3 +142,22 @@ def test_duplicate_key_error_carries_the_lines() -> None:
     with pytest.raises(DuplicateKeyError) as info:
         load_yaml("a: 1\nb: 2\na: 3\n")
     assert (info.value.key, info.value.first_line, info.value.second_line) == ("a", 1, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def test_what_storytune_writes_reads_back_as_written(tmp_path: Path) -> None:
+    """A run's config.yaml: strings that look like numbers are quoted, numbers stay numbers."""
+    from storytune.paths import write_config
+    from storytune.yaml_loader import dump_yaml
+
+    config = load_run_config(None, ["output.name=1e3", "wandb.tags=[3E-5, '1_000', 'yes']",
+                                    "train.learning_rate=1e-4", "train.max_steps=1_000", "train.eval_steps=100"])
+    path = tmp_path / "config.yaml"
+    write_config(path, config)
+    assert "name: '1e3'" in path.read_text()
+    assert load_run_config(path) == config
+    data = {"a": load_yaml("[1e-4, 1_000]"), "b": "1e-4", "c": "0x1f"}
+    assert load_yaml(dump_yaml(data)) == data and type(load_yaml(dump_yaml(data))["b"]) is str

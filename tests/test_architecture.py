@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "storytune"
-LAYERS = {"config": 0, "yaml_loader": 0, "paths": 0, "process": 0, "errors": 0, "faults": 0, "train": 1, "eval": 1, "study": 1,
-          "tracking": 2, "cluster": 3, "cli": 4, "__main__": 4}
+LAYERS = {"config": 0, "yaml_loader": 0, "paths": 0, "process": 0, "errors": 0, "faults": 0,
+          "train": 1, "eval": 1, "study": 1, "tracking": 2, "cluster": 3, "cli": 4, "__main__": 4}
 # Within the work layer, data flows train -> eval (models, data) and study stays pure.
 WORK_ORDER = {"train": 0, "eval": 1, "study": 1}
 

@@ -31,19 +31,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from storytune.cluster.executors import JobRunner, SlurmExecutor, import_submitit, submitit_parameters  # noqa: E402
+from storytune.config import read_yaml  # noqa: E402
 from storytune.study.grid import load_grid  # noqa: E402
 from storytune.study.plan import make_plan  # noqa: E402
+from storytune.yaml_loader import plain  # noqa: E402
 
 
 def write_grid(folder: Path, cells: int) -> Path:
-    grid = yaml.safe_load((REPO / "configs" / "grids" / "tiny.yaml").read_text())
+    grid = read_yaml(REPO / "configs" / "grids" / "tiny.yaml")
     grid["name"] = "bench"
     grid["output_dir"] = str(folder / "runs")
     grid["base"]["data"]["files"] = ["/nonexistent"]  # never read: every job is held, then cancelled
     grid["axes"] = {"early_stopping": [{"patience": None}], "train.seed": list(range(1, cells + 1))}
     grid["resources"]["sbatch"] = {"hold": True}
     path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(grid))
+    path.write_text(yaml.safe_dump(plain(grid)))
     return path
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from storytune.yaml_loader import DuplicateKeyError, load_yaml, number_text
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 
@@ -401,6 +403,15 @@ class WandbConfig:
     """Extra tags (variant and seed are always added)."""
     log_model: bool = False
     """Upload the kept model as an artifact."""
+    sync: Literal["none", "osh"] = "none"
+    """Live dashboards from compute nodes without internet: `osh` makes every job of an offline run
+    drop a wandb-osh trigger file after each evaluation and at its end, and a `wandb-osh` watcher on
+    the login node runs `wandb sync` on that run (README: "Live W&B dashboards from compute nodes
+    without internet"). Needs `pip install 'storytune[osh]'`. Online runs stream anyway: no trigger."""
+    osh_command_dir: str | None = None
+    """Folder where jobs drop the trigger files and the watcher reads them (`wandb-osh --command-dir`):
+    on a filesystem that compute and login nodes share. None = wandb-osh's default,
+    `~/.wandb_osh_command_dir`."""
 
 
 @dataclass
@@ -534,13 +545,17 @@ def _convert(tp: Any, raw: Any, path: str, problems: list[Problem]) -> Any:
     if tp is int:
         if not _is_int(raw):
             problems.append(Problem(path, f"must be an integer, got {raw!r}"))
-        return raw
+            return raw
+        return int(raw)
     if tp is float:
         if not _is_number(raw):
             problems.append(Problem(path, f"must be a number, got {raw!r}"))
             return raw
         return float(raw)
     if tp is str:
+        text = number_text(raw)  # `name: 1e3` is the string the user wrote, not 1000.0
+        if text is not None:
+            return text
         if not isinstance(raw, str):
             problems.append(Problem(path, f"must be a string, got {raw!r}"))
         return raw
@@ -564,7 +579,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError([Problem("", f"cannot read config file {path}: {err.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as err:
+        raise ConfigError([Problem("", duplicate_key_message(err, str(path)))]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -579,13 +596,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def duplicate_key_message(err: DuplicateKeyError, source: str) -> str:
+    return (f"duplicate key `{err.key}` in {source} at lines {err.first_line} and {err.second_line}: "
+            "YAML would silently keep only the second; merge the two into one")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """`train.max_steps=200` -> ("train.max_steps", 200); the value is parsed as YAML."""
+    """`train.max_steps=200` -> ("train.max_steps", 200); the value is parsed as YAML by the same
+    loader as files (`train.learning_rate=1e-4` is the float 0.0001)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError([Problem("", f"override {text!r} must look like key.path=value")])
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
+    except DuplicateKeyError as err:
+        raise ConfigError([Problem("", duplicate_key_message(err, f"override {text!r}"))]) from None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from storytune.config import RunConfig
+from storytune.yaml_loader import dump_yaml
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,7 @@ def read_json(path: Path) -> Any:
 
 
 def write_config(path: Path, config: RunConfig) -> None:
-    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(path, dump_yaml(config.to_dict()))
 
 
 def save_dir_atomically(target: Path, write: Callable[[Path], None]) -> None:

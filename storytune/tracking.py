@@ -14,6 +14,8 @@ raises, a job still runs and writes its run directory (the source of truth); W&B
   previous attempt of the same run already logged.
 - `finetune_summary(result)`: result.json's early-stopping fields, under the same names, for
   `tracker.summary(...)`.
+- `wandb.sync: osh`: an offline run asks a wandb-osh watcher on the login node to `wandb sync` it
+  (`Tracker.request_sync`) after each evaluation of a fine-tune and when any job finishes.
 
 Credentials are looked up and used by wandb itself; this module never stores, logs or records
 one (the API key and env values whose names contain KEY, TOKEN, SECRET or PASSWORD are redacted
@@ -27,7 +29,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +50,7 @@ JobType = Literal["finetune", "evaluate", "aggregate"]
 WANDB_JSON = "wandb.json"
 """Per-folder record of the W&B run of each job type, next to the job's outputs."""
 INSTALL_HINT = "pip install wandb"
+OSH_INSTALL_HINT = "pip install 'storytune[osh]'"
 STEP_AXIS = "train/global_step"
 TOKENS_AXIS = "train/tokens"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
@@ -169,7 +172,8 @@ class Tracker:
 
     def __init__(self, run: Any = None, *, config: RunConfig | None = None, run_dir: Path | None = None,
                  job_type: str | None = None, record: dict[str, Any] | None = None,
-                 resume_floor: int | None = None, secrets: Sequence[str] = ()) -> None:
+                 resume_floor: int | None = None, secrets: Sequence[str] = (),
+                 sync_hook: Callable[[Path], None] | None = None, sync_dir: Path | None = None) -> None:
         self.run = run
         self.config = config
         self.run_dir = run_dir
@@ -182,6 +186,10 @@ class Tracker:
         self.global_step = int(self.record.get("global_step") or 0)
         """Last train/global_step logged (for rows that do not carry one)."""
         self._secrets = list(secrets)
+        self.sync_hook = sync_hook
+        """wandb-osh's trigger (`wandb.sync: osh`, offline runs only); None: no live sync."""
+        self.sync_dir = sync_dir
+        """This run's offline folder (`.../wandb/offline-run-*`): what the watcher syncs."""
         self._warned: set[str] = set()
         self._axes_defined = False
         self._finished = False
@@ -249,8 +257,10 @@ class Tracker:
         record = {"id": run_id, "project": cfg.wandb.project, "entity": cfg.wandb.entity, "group": group,
                   "mode": mode, "name": name, "attempt": attempt, "last_step": floor if floor >= 0 else None,
                   "global_step": global_step}
+        sync_hook = _osh_hook(cfg.wandb, mode)
+        sync_dir = _offline_run_dir(run) if sync_hook is not None else None
         tracker = cls(run, config=cfg, run_dir=run_dir, job_type=job_type, record=record, resume_floor=floor,
-                      secrets=secrets)
+                      secrets=secrets, sync_hook=sync_hook, sync_dir=sync_dir)
         tracker._write_record()
         if floor >= 0:
             log.info("W&B run %s continues after step %d", run_id, floor)
@@ -372,6 +382,16 @@ class Tracker:
         with self._guard("finish"):
             self.run.finish(exit_code=exit_code)
         self._flush()
+        self.request_sync()  # after the flush: the watcher then syncs the complete run
+
+    def request_sync(self) -> None:
+        """Ask the wandb-osh watcher to `wandb sync` this run's offline folder now (`wandb.sync: osh`):
+        one trigger file per run folder in the command dir, which the watcher reads and removes.
+        No-op without the switch, for online runs, and for no-op trackers."""
+        if self.sync_hook is None or self.sync_dir is None:
+            return
+        with self._guard("sync trigger"):
+            self.sync_hook(self.sync_dir)
 
     def _flush(self) -> None:
         try:
@@ -437,6 +457,32 @@ def _init_with_fallback(wandb: Any, kwargs: dict[str, Any], mode: str) -> tuple[
         log.warning("wandb.init failed; W&B tracking is off for this job: %s: %s",
                     type(err).__name__, first_line(err))
         return None, mode
+
+
+def _osh_hook(cfg: WandbConfig, mode: str) -> Callable[[Path], None] | None:
+    """wandb-osh's `TriggerWandbSyncHook` for an offline run with `wandb.sync: osh`, else None."""
+    if cfg.sync != "osh":
+        return None
+    if mode != "offline":
+        log.info("wandb.sync=osh: this run is %s, so there is nothing for wandb-osh to sync", mode)
+        return None
+    try:
+        from wandb_osh.hooks import TriggerWandbSyncHook
+    except ImportError:
+        log.warning("wandb.sync=osh but wandb-osh is not installed: no live sync for this job, the run stays "
+                    "offline until `wandb sync` (%s)", OSH_INSTALL_HINT)
+        return None
+    if cfg.osh_command_dir:
+        return TriggerWandbSyncHook(Path(cfg.osh_command_dir).expanduser())
+    return TriggerWandbSyncHook()  # wandb-osh's default command dir, the watcher's default too
+
+
+def _offline_run_dir(run: Any) -> Path | None:
+    """`<dir>/wandb/offline-run-<time>-<id>`: the folder `wandb sync` takes (`run.dir` is its `files/`)."""
+    try:
+        return Path(run.dir).parent.resolve()
+    except Exception:  # noqa: BLE001 -- tracking never fails a job
+        return None
 
 
 def _server_last_step(run: Any) -> int:
@@ -507,6 +553,8 @@ def trainer_callback(tracker: Tracker) -> TrainerCallback:
             self.tracker = tracker
             self.tokens_per_step: int | None = None
             self.training = False
+            self.sync_due = False
+            """An evaluation was logged since the last sync trigger (`wandb.sync: osh`)."""
             self.evals_logged: set[tuple[int, tuple[str, ...]]] = set()
             """(step, eval/* keys) of each evaluation logged: one per evaluation set and step."""
 
@@ -557,8 +605,19 @@ def trainer_callback(tracker: Tracker) -> TrainerCallback:
                 row[TOKENS_AXIS] = step * self.tokens_per_step
             self.tracker.log(row, step=step)
 
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.sync_due = True
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # The first moment after an evaluation at which every evaluation set of that step has
+            # been logged (the Trainer evaluates each set separately): one sync trigger per evaluation.
+            if self.sync_due:
+                self.sync_due = False
+                self.tracker.request_sync()
+
         def on_train_end(self, args, state, control, **kwargs):
             self.training = False
+            self.sync_due = False  # the job's end (Tracker.finish) triggers the last sync
 
     return WandbTrackingCallback()
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from wandb_reader import find_offline_runs, read_offline_run
 
 from storytune.paths import GridDir
 
@@ -70,3 +71,20 @@ def test_the_report_was_rendered(summary: dict) -> None:
     report = GridDir(Path(os.environ["STORYTUNE_DEMO_DIR"])).report
     assert (report / "report.html").stat().st_size > 10_000 and (report / "report.md").exists()
     assert all(arm["test_loss"] and arm["test_loss"]["ci_low"] is not None for arm in summary["arms"])
+
+
+def test_every_job_recorded_to_wandb_offline(summary: dict) -> None:
+    """The demo runs with `wandb.mode: auto`: without W&B credentials (as in CI) every job writes its
+    offline run under its own folder, `runs/demo/**/wandb/offline-run-*`, for the README's `wandb sync`."""
+    root = Path(os.environ["STORYTUNE_DEMO_DIR"])
+    folders = sorted(root.glob("**/wandb/offline-run-*"))
+    assert folders, f"no offline W&B runs under {root} (did the demo run with W&B credentials?)"
+    assert set(folders) <= set(find_offline_runs(root))  # each holds a run-<id>.wandb file
+    runs = [read_offline_run(folder) for folder in folders]
+    ids = {job_type: {run.id for run in runs if run.job_type == job_type}
+           for job_type in ("finetune", "evaluate", "aggregate")}
+    trainings = summary["replay"]["trainings"] if summary.get("replay") else summary["cells"]["finished"]
+    assert len(ids["finetune"]) == trainings and len(ids["aggregate"]) == 1
+    assert any("base" in run.tags for run in runs if run.job_type == "evaluate")  # the base model's evaluation
+    assert len(ids["evaluate"]) >= 2
+    assert all(run.group == summary["grid"] for run in runs)

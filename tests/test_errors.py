@@ -94,6 +94,22 @@ def test_non_utf8_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "grid.yaml is not UTF-8 text (byte 0xe9 at offset 9); save it as UTF-8" in error_line(err)
 
 
+def test_duplicate_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Row 27: in a grid file (submit) and in a run config file (finetune), one line each."""
+    grid = write_grid(tmp_path, "name: g\nbase:\n  train: {max_steps: 10}\naxes:\n  train.seed: [1]\n"
+                                "base:\n  model: {name: tiny}\n")
+    code, err = submit(capsys, grid)
+    assert code == 2
+    assert error_line(err) == (f"error: invalid config: duplicate key `base` in {grid} at lines 2 and 6: YAML would "
+                               "silently keep only the second; merge the two into one")
+    run = tmp_path / "run.yaml"
+    run.write_text("# python jobs/finetune.py --config run.yaml\ntrain:\n  max_steps: 10\n  max_steps: 20\n")
+    code, err = run_cli(capsys, "finetune", "--config", str(run))
+    assert code == 2
+    assert f"duplicate key `max_steps` in {run} at lines 3 and 4" in error_line(err)
+    assert no_result(tmp_path)
+
+
 def test_missing_required_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = submit(capsys, write_grid(tmp_path, "output_dir: runs\n"))
     assert code == 2

@@ -448,6 +448,87 @@ def test_callback_routing_and_resume_floor(tmp_path: Path):
     assert tracker.last_step == 40 and tracker.global_step == 40
 
 
+# --------------------------------------------------------------------------------------------------
+# wandb.sync: osh -- the real wandb-osh trigger hook (its watcher: tests/test_wandb_launch.py)
+
+
+def osh_commands(command_dir: Path) -> list[str]:
+    """The run folders the watcher would sync now: the text of each trigger file wandb-osh reads."""
+    return sorted(path.read_text() for path in command_dir.glob("*.command"))
+
+
+def test_osh_triggers_once_per_evaluation_and_at_the_end(tmp_path: Path):
+    """The callback asks for a sync once after each evaluation (both evaluation sets logged), and
+    the end of the job asks once more; the trigger file names the run's offline folder."""
+    pytest.importorskip("wandb_osh")
+    from types import SimpleNamespace
+
+    from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
+    from wandb_osh.hooks import TriggerWandbSyncHook
+
+    command_dir, folder = tmp_path / "osh", tmp_path / "job" / "wandb" / "offline-run-20260101_000000-abc"
+    folder.mkdir(parents=True)
+    config = make_config(tmp_path / "runs", tmp_path / "cache")
+    tracker = Tracker(RecordingRun(), config=config, record={"id": "x", "mode": "offline"},
+                      sync_hook=TriggerWandbSyncHook(command_dir), sync_dir=folder)
+    handler = CallbackHandler([trainer_callback(tracker)], None, None, None, None)
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1, world_size=1)
+    state, control = TrainerState(global_step=0, max_steps=20), TrainerControl()
+
+    def step(number: int, evaluate: bool) -> list[str]:
+        """One optimiser step; returns the syncs asked for, as the watcher would (it removes the files)."""
+        state.global_step = number
+        handler.on_step_begin(args, state, control)
+        asked = osh_commands(command_dir)
+        for path in command_dir.glob("*.command"):
+            path.unlink()
+        handler.on_log(args, state, control, logs={"loss": 5.0})
+        if evaluate:
+            for name in ("validation", "train"):  # the Trainer evaluates each set on its own
+                handler.on_log(args, state, control, logs={f"eval_{name}_loss": 4.0})
+                handler.on_evaluate(args, state, control, metrics={f"eval_{name}_loss": 4.0})
+        return asked
+
+    handler.on_evaluate(args, state, control, metrics={"eval_validation_loss": 9.0})  # the base model
+    handler.on_train_begin(args, state, control)
+    asked = [step(n, evaluate=n % 10 == 0) for n in range(1, 21)]
+    assert asked[0] == [str(folder)]  # after the evaluation before training
+    assert [n for n, paths in enumerate(asked, 1) if paths] == [1, 11]  # step 10's evaluation: at step 11
+    handler.on_train_end(args, state, control)
+    assert osh_commands(command_dir) == []  # the last evaluation is synced by the end of the job:
+    tracker.finish()
+    assert osh_commands(command_dir) == [str(folder)]
+
+
+def test_osh_trigger_names_the_offline_run_folder_of_a_real_run(tmp_path: Path):
+    """A real offline W&B run with `wandb.sync=osh`: the trigger appears when the job finishes and
+    names its `offline-run-*` folder, in `wandb.osh_command_dir`."""
+    pytest.importorskip("wandb_osh")
+    command_dir = tmp_path / "osh"
+    config = make_config(tmp_path / "runs", tmp_path / "cache", "wandb.sync=osh",
+                         f"wandb.osh_command_dir={command_dir}")
+    tracker = Tracker.start(config, tmp_path / "job", "evaluate", name="job-eval")
+    assert tracker.active and tracker.mode == "offline"
+    tracker.summary({"eval/diversity": 0.5})
+    assert osh_commands(command_dir) == []
+    tracker.finish()
+    [folder] = (tmp_path / "job" / "wandb").glob("offline-run-*")
+    assert osh_commands(command_dir) == [str(folder.resolve())]
+    assert list(folder.glob("run-*.wandb"))
+
+
+def test_osh_is_off_by_default_for_online_runs_and_without_the_package(monkeypatch, caplog):
+    from storytune.config import WandbConfig
+
+    assert tracking._osh_hook(WandbConfig(), "offline") is None  # default: no sync
+    assert tracking._osh_hook(WandbConfig(sync="osh"), "online") is None  # online runs stream already
+    monkeypatch.setitem(sys.modules, "wandb_osh.hooks", None)  # as if wandb-osh were not installed
+    with caplog.at_level(logging.WARNING, logger="storytune.tracking"):
+        assert tracking._osh_hook(WandbConfig(sync="osh"), "offline") is None
+    assert "wandb.sync=osh but wandb-osh is not installed" in caplog.text
+    assert "pip install 'storytune[osh]'" in caplog.text
+
+
 def test_finetune_summary_picks_result_fields():
     result = {"stop_step": 30, "stopped_early": False, "best_step": 20, "best_eval_loss": 3.5, "kept_step": 30,
               "kept_eval_loss": 3.6, "base_eval_loss": None, "variant": "none", "eval_history": [{"step": 10}]}

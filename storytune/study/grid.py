@@ -28,6 +28,7 @@ from storytune.config import (
     unknown_key_message,
 )
 from storytune.paths import default_run_name
+from storytune.yaml_loader import plain
 
 
 @dataclass
@@ -213,7 +214,7 @@ def expand_grid(raw: dict[str, Any], source: str | None = None) -> Grid:
         if config is not None:
             run_id = default_run_name(config)
             config.output.name = run_id
-            cells.append(Cell(index=index, run_id=run_id, config=config, assignment=assignment))
+            cells.append(Cell(index=index, run_id=run_id, config=config, assignment=plain(assignment)))
     problems.extend(_duplicate_ids(cells))
     grid = Grid(spec=spec, cells=cells, base_config=base_config, source=source)
     if spec.replay and not problems:

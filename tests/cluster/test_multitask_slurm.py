@@ -32,17 +32,13 @@ noise by 0.002: 1e-3 separates both from rounding."""
 
 
 def nested(dotted: list[str]) -> dict:
-    """`["a.b=1", ...]` (run-config overrides) -> {"a": {"b": "1"}} for the grid's `base`; values are YAML."""
-    import yaml
+    """`["a.b=1", ...]` (run-config overrides) -> {"a": {"b": 1}} for the grid's `base`; values are YAML,
+    read as storytune reads overrides."""
+    from storytune.config import parse_override, set_path
 
     tree: dict = {}
     for item in dotted:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        set_path(tree, *parse_override(item))
     return tree
 
 

@@ -167,3 +167,15 @@ def test_cli_fails_with_one_line_for_an_unloadable_scorer(tmp_path, stories_dir,
     err = error_line(capsys.readouterr().err)
     assert err.startswith("error: fluency scorer eval.scorer='/nonexistent/scorer' cannot be loaded")
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_scorer_runs_in_bf16_only_on_cuda():
+    import torch
+
+    from storytune.eval.scorer import scorer_dtype
+
+    assert scorer_dtype("cpu") == torch.float32
+    if not torch.cuda.is_available():
+        assert scorer_dtype("cuda") == torch.float32  # no CUDA here: asked for, not available
+        pytest.skip("bf16 on CUDA needs a GPU (benchmarks/gpu_check.sh runs this test there)")
+    assert scorer_dtype("cuda") == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)

@@ -179,6 +179,8 @@ def train_with_trainer(args: argparse.Namespace, model, blocks, device: str) -> 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         training_args = training_arguments(config, Path(out) / "checkpoints")
         set_tf32(args)  # after TrainingArguments, which turns TF32 on for CUDA by itself
+        if args.compile:
+            training_args.torch_compile_backend = args.compile_backend
         # The Trainer wants a validation set for eval_strategy="steps"; it is never evaluated here.
         validation = random_blocks(args.batch, args.block, seed=1)
         trainer = Trainer(model=model, args=training_args, train_dataset=as_dataset(blocks),
@@ -198,7 +200,7 @@ def train_raw(args: argparse.Namespace, model, blocks, device: str) -> tuple[tup
     torch.manual_seed(train.seed)
     model.to(device).train()
     set_tf32(args)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
     decay = [p for p in model.parameters() if p.ndim >= 2]  # HF: no decay on biases and LayerNorm
     rest = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
@@ -311,7 +313,8 @@ def run_child(args: argparse.Namespace) -> ArmResult:
 
 def child_command(args: argparse.Namespace, arm: str, allocator: str, activation: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", arm, "--child-allocator", allocator,
-            "--child-activation", activation, "--tf32", args.tf32, *(["--compile"] if args.compile else []),
+            "--child-activation", activation, "--tf32", args.tf32,
+            *(["--compile", "--compile-backend", args.compile_backend] if args.compile else []),
             *(["--workers", str(args.workers)] if args.workers is not None else []),
             "--size", args.size, "--block", str(args.block), "--batch", str(args.batch),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
@@ -443,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="MLP activation(s) to compare (default: what storytune trains with)")
     parser.add_argument("--child-activation", choices=ACTIVATIONS, default="gelu_new", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help="torch.compile (both arms)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (`eager`: the plumbing without code generation, for smoke tests)")
     parser.add_argument("--tf32", choices=("on", "off"), default="on", help="TF32 matmuls on CUDA (both arms)")
     parser.add_argument("--workers", type=int, default=None,
                         help="Trainer data loader workers (default: storytune's, 2 on CUDA, 0 on CPU)")

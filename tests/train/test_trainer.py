@@ -137,3 +137,45 @@ def test_skipping_the_train_subset_changes_no_training_bit(stories_dir: Path, da
     assert all("train_loss" in p for p in every_eval["eval_history"])
     scored = {p["step"]: p["train_loss"] for p in every_eval["eval_history"]}
     assert [p["train_loss"] for p in every_third["eval_history"] if "train_loss" in p] == [scored[30], scored[60]]
+
+
+def test_training_arguments_on_cpu_and_with_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from storytune.paths import compile_cache_dir
+    from storytune.train.finetune import training_arguments
+
+    config = load_run_config(data={"model": {"name": "tiny"}, "wandb": {"mode": "disabled"},
+                                   "output": {"dir": str(tmp_path)}, "train": {"batch_size": 3}})
+    args = training_arguments(config, tmp_path / "checkpoints")
+    assert args.per_device_eval_batch_size == 12  # 4 x the training batch
+    if not torch.cuda.is_available():
+        assert args.dataloader_num_workers == 0 and not args.torch_compile
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = load_run_config(data={"model": {"name": "tiny"}, "wandb": {"mode": "disabled"},
+                                   "output": {"dir": str(tmp_path)},
+                                   "train": {"compile": True, "eval_batch_size": 5, "dataloader_num_workers": 1}})
+    args = training_arguments(config, tmp_path / "checkpoints")
+    assert args.torch_compile and args.per_device_eval_batch_size == 5 and args.dataloader_num_workers == 1
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(compile_cache_dir(tmp_path))
+
+
+@pytest.mark.gpu
+def test_cuda_run_with_compile_tf32_and_workers(stories_dir: Path, data_cache: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from storytune.paths import compile_cache_dir
+    from storytune.train.finetune import training_arguments
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.sh runs the gpu-marked tests)")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = load_run_config(None, tiny_overrides(stories_dir, data_cache, tmp_path, {
+        "train.max_steps": 20, "train.compile": True, "train.precision": "bf16", "train.resume_every": 2}))
+    args = training_arguments(config, tmp_path / "x")
+    assert args.torch_compile and args.dataloader_num_workers == 2
+    assert args.tf32 == (torch.cuda.get_device_capability()[0] >= 8 or None)
+    result = run_finetune(config)
+    assert result["stop_step"] == 20 and result["kept_eval_loss"] == result["kept_eval_loss"]  # finite, not NaN
+    assert any(compile_cache_dir(tmp_path).iterdir())

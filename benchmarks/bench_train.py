@@ -416,10 +416,14 @@ def activation_ratios(results: list[dict[tuple[str, str], ArmResult]], args: arg
     for allocator in args.allocator:
         for arm in args.arms:
             num, den = (arm, label(allocator, first, args.activation)), (arm, label(allocator, last, args.activation))
-            ratios = [r[num].tokens_per_s / r[den].tokens_per_s for r in results if num in r and den in r]
-            if ratios:
-                print(f"{arm}: {first} / {last}, {allocator}: tokens/s ratio median {statistics.median(ratios):.3f} "
-                      f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+            pairs = [(r[num], r[den]) for r in results if num in r and den in r]
+            if not pairs:
+                continue
+            wall = [a.tokens_per_s / b.tokens_per_s for a, b in pairs]
+            cpu = [(b.sys_s_per_step + b.user_s_per_step) / (a.sys_s_per_step + a.user_s_per_step) for a, b in pairs]
+            print(f"{arm}: {first} / {last}, {allocator}: tokens/s ratio median {statistics.median(wall):.3f} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in wall)}); CPU-time ratio median "
+                  f"{statistics.median(cpu):.3f} (rounds: {', '.join(f'{x:.3f}' for x in cpu)})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

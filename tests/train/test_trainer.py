@@ -45,8 +45,8 @@ def test_rotation_keeps_the_newest_full_checkpoint(tmp_path: Path) -> None:
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
 
 
-def _extra(**keys: object) -> dict[str, object]:
-    return {"train.max_steps": 60, "train.eval_steps": 10, **{f"train.{k}": v for k, v in keys.items()}}
+def _extra(max_steps: int = 60, **keys: object) -> dict[str, object]:
+    return {"train.max_steps": max_steps, "train.eval_steps": 10, **{f"train.{k}": v for k, v in keys.items()}}
 
 
 def _du(folder: Path) -> int:
@@ -100,7 +100,7 @@ def test_time_limit_signal_saves_a_full_checkpoint_then_hands_over(stories_dir: 
                                                                     tmp_path: Path) -> None:
     """submitit's USR2 handler is replaced by a recorder (no Slurm here); the rest is the real path."""
     config = load_run_config(None, tiny_overrides(stories_dir, data_cache, tmp_path,
-                                                  _extra(resume_every=5, save_total_limit=5)))
+                                                  _extra(30, resume_every=5, save_total_limit=5)))
     handed_over: list[int] = []
 
     def submitit_handler(signum: int, frame: object) -> None:
@@ -110,14 +110,15 @@ def test_time_limit_signal_saves_a_full_checkpoint_then_hands_over(stories_dir: 
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
         with pytest.raises(TimeLimitExit):
-            run_finetune(config, extra_callbacks=[SignalAt(23, signal.SIGUSR2)])
+            run_finetune(config, extra_callbacks=[SignalAt(13, signal.SIGUSR2)])
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert handed_over == [signal.SIGUSR2]
     checkpoints = run_dir_for(config).checkpoints
-    assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-23")  # not a 10/20 snapshot
+    assert (checkpoints / "checkpoint-10" / WEIGHTS_ONLY_MARKER).exists()
+    assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-13")  # not the step-10 snapshot
     resumed = run_finetune(config)
-    assert resumed["resumed_from_step"] == 23 and resumed["stop_step"] == 60
+    assert resumed["resumed_from_step"] == 13 and resumed["stop_step"] == 30
 
 
 def test_skipping_the_train_subset_changes_no_training_bit(stories_dir: Path, data_cache: Path,
@@ -127,16 +128,16 @@ def test_skipping_the_train_subset_changes_no_training_bit(stories_dir: Path, da
     runs = {}
     for every in (1, 3):
         config = load_run_config(None, tiny_overrides(stories_dir, data_cache, tmp_path / str(every),
-                                                      _extra(train_subset_every=every)))
+                                                      _extra(40, train_subset_every=every)))
         runs[every] = (run_finetune(config), load_file(str(run_dir_for(config).model / "model.safetensors")))
     (every_eval, weights_1), (every_third, weights_3) = runs[1], runs[3]
     assert weights_1.keys() == weights_3.keys()
     assert all(bool((weights_1[k] == weights_3[k]).all()) for k in weights_1)  # bit-identical
     assert [p["eval_loss"] for p in every_third["eval_history"]] == [p["eval_loss"] for p in every_eval["eval_history"]]
-    assert [p["step"] for p in every_third["eval_history"] if "train_loss" in p] == [30, 60]
+    assert [p["step"] for p in every_third["eval_history"] if "train_loss" in p] == [30]
     assert all("train_loss" in p for p in every_eval["eval_history"])
     scored = {p["step"]: p["train_loss"] for p in every_eval["eval_history"]}
-    assert [p["train_loss"] for p in every_third["eval_history"] if "train_loss" in p] == [scored[30], scored[60]]
+    assert [p["train_loss"] for p in every_third["eval_history"] if "train_loss" in p] == [scored[30]]
 
 
 def test_training_arguments_on_cpu_and_with_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

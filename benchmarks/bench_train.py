@@ -26,6 +26,13 @@ per token (N = parameters without position embeddings) over the GPU's dense bf16
     python benchmarks/bench_train.py --size tiny --allocator glibc tuned jemalloc tcmalloc --rounds 3
     python benchmarks/bench_train.py --size 124m --block 256 --batch 4 --steps 4 --warmup 2 --allocator glibc tuned
     python benchmarks/bench_train.py --device cuda --size 124m --block 1024 --batch 16 --precision bf16 --steps 30
+    python benchmarks/bench_train.py --size tiny --allocator glibc --activation gelu_new gelu_pytorch_tanh --rounds 3
+
+Settings (both arms alike): `--activation` (GPT-2's `gelu_new`, or `gelu_pytorch_tanh`, what storytune
+trains with: `storytune.train.model.use_fused_gelu`; several = interleaved comparison), `--compile`
+(torch.compile: `train.compile` for the Trainer, `torch.compile(model)` for the raw loop), `--tf32`
+(TF32 matmuls on CUDA; the Trainer path turns it on by itself since issue 19), `--workers` (data
+loader workers; the raw loop indexes a tensor and has none).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ SIZES: dict[str, dict[str, int]] = {
     "124m": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},  # GPT-2 small
 }
 ARMS = ("trainer", "raw")
+ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new")
 VOCAB = 50257
 # Dense bf16 peak in FLOP/s by GPU name (NVIDIA data sheets; H200 has the H100 SXM's tensor cores).
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
@@ -87,6 +95,7 @@ class ArmResult:
     flops_per_token: float
     mfu: float | None
     threads: int
+    activation: str = "gelu_new"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,12 +112,13 @@ def snapshot(device: str) -> tuple[float, int, float, float]:
     return time.perf_counter(), usage.ru_minflt, usage.ru_stime, usage.ru_utime
 
 
-def build_model(size: str, block: int):
+def build_model(size: str, block: int, activation: str = "gelu_new"):
     from storytune.config import TinyModelConfig
-    from storytune.train.model import build_tiny_model
+    from storytune.train.model import build_tiny_model, use_fused_gelu
 
     shape = {"n_positions": block, **SIZES[size]}
-    return build_tiny_model(TinyModelConfig(**shape, init_seed=0))
+    model = build_tiny_model(TinyModelConfig(**shape, init_seed=0))
+    return use_fused_gelu(model) if activation == "gelu_pytorch_tanh" else model
 
 
 def random_blocks(n: int, block: int, seed: int):
@@ -127,7 +137,9 @@ def run_config(args: argparse.Namespace, total_steps: int):
         "model": {"name": "tiny", "tiny": shape},
         "data": {"block_size": args.block},
         "train": {"max_steps": total_steps, "batch_size": args.batch, "eval_steps": total_steps,
-                  "warmup_steps": min(10, total_steps), "precision": args.precision, "seed": 1},
+                  "warmup_steps": min(10, total_steps), "precision": args.precision, "seed": 1,
+                  "compile": bool(getattr(args, "compile", False)),
+                  "dataloader_num_workers": getattr(args, "workers", None)},
         "wandb": {"mode": "disabled"},
     })
 
@@ -166,6 +178,9 @@ def train_with_trainer(args: argparse.Namespace, model, blocks, device: str) -> 
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         training_args = training_arguments(config, Path(out) / "checkpoints")
+        set_tf32(args)  # after TrainingArguments, which turns TF32 on for CUDA by itself
+        if args.compile:
+            training_args.torch_compile_backend = args.compile_backend
         # The Trainer wants a validation set for eval_strategy="steps"; it is never evaluated here.
         validation = random_blocks(args.batch, args.block, seed=1)
         trainer = Trainer(model=model, args=training_args, train_dataset=as_dataset(blocks),
@@ -184,6 +199,8 @@ def train_raw(args: argparse.Namespace, model, blocks, device: str) -> tuple[tup
     train = run_config(args, total).train
     torch.manual_seed(train.seed)
     model.to(device).train()
+    set_tf32(args)
+    forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
     decay = [p for p in model.parameters() if p.ndim >= 2]  # HF: no decay on biases and LayerNorm
     rest = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
@@ -198,7 +215,7 @@ def train_raw(args: argparse.Namespace, model, blocks, device: str) -> tuple[tup
     for step in range(total):
         ids = data[order[step * args.batch:(step + 1) * args.batch]].long().to(device, non_blocking=True)
         with autocast:
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
         optimizer.step()
@@ -207,6 +224,13 @@ def train_raw(args: argparse.Namespace, model, blocks, device: str) -> tuple[tup
         if step + 1 == args.warmup:
             start = snapshot(device)
     return start, snapshot(device)
+
+
+def set_tf32(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
 
 
 def final_loss_and_checksum(args: argparse.Namespace, model, device: str) -> tuple[float, str]:
@@ -260,7 +284,7 @@ def run_child(args: argparse.Namespace) -> ArmResult:
     device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model(args.size, args.block)
+    model = build_model(args.size, args.block, args.child_activation)
     params, fpt = flops_per_token(model, args.block)
     blocks = random_blocks(args.batch * (args.warmup + args.steps), args.block, seed=0)
     train = train_with_trainer if args.child == "trainer" else train_raw
@@ -280,15 +304,18 @@ def run_child(args: argparse.Namespace) -> ArmResult:
         peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
         peak_cuda_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         final_loss=loss, weights_sha=sha, params=params, flops_per_token=fpt, mfu=mfu,
-        threads=torch.get_num_threads())
+        threads=torch.get_num_threads(), activation=args.child_activation)
 
 
 # --------------------------------------------------------------------------------------------------
 # Parent: start the children interleaved, then summarise
 
 
-def child_command(args: argparse.Namespace, arm: str, allocator: str) -> list[str]:
+def child_command(args: argparse.Namespace, arm: str, allocator: str, activation: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", arm, "--child-allocator", allocator,
+            "--child-activation", activation, "--tf32", args.tf32,
+            *(["--compile", "--compile-backend", args.compile_backend] if args.compile else []),
+            *(["--workers", str(args.workers)] if args.workers is not None else []),
             "--size", args.size, "--block", str(args.block), "--batch", str(args.batch),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
             "--precision", args.precision, *(["--threads", str(args.threads)] if args.threads else []),
@@ -301,9 +328,10 @@ def child_env(allocator: str) -> dict[str, str]:
     return env
 
 
-def start(args: argparse.Namespace, arm: str, allocator: str) -> ArmResult | str:
+def start(args: argparse.Namespace, arm: str, allocator: str, activation: str) -> ArmResult | str:
     """Run one child; its result, or the tail of its output when it failed."""
-    proc = subprocess.run(child_command(args, arm, allocator), env=child_env(allocator), capture_output=True,
+    proc = subprocess.run(child_command(args, arm, allocator, activation), env=child_env(allocator),
+                          capture_output=True,
                           text=True, timeout=args.child_timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
@@ -315,14 +343,16 @@ def describe_machine(args: argparse.Namespace) -> str:
     load = os.getloadavg()
     return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.1f}/{load[1]:.1f}/"
             f"{load[2]:.1f}, Python {platform.python_version()}; size {args.size}, block {args.block}, "
-            f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, {args.precision}, {args.device}")
+            f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, {args.precision}, {args.device}, "
+            f"compile {'on' if args.compile else 'off'}, tf32 {args.tf32}, workers {args.workers}")
 
 
 def row(r: ArmResult) -> str:
     cuda = f"  cuda peak {r.peak_cuda_gib:5.2f} GiB" if r.peak_cuda_gib is not None else ""
     mfu = f"  MFU {100 * r.mfu:5.1f}%" if r.mfu is not None else ""
     active = "" if r.allocator_active else "  (ALLOCATOR NOT ACTIVE)"
-    return (f"{r.arm:>7} {r.allocator:>8}: {r.tokens_per_s:9.1f} tok/s  {r.minor_faults_per_step:9.0f} faults/step  "
+    return (f"{r.arm:>7} {r.allocator:>8} {r.activation}: {r.tokens_per_s:9.1f} tok/s  "
+            f"{r.minor_faults_per_step:9.0f} faults/step  "
             f"sys {r.sys_s_per_step:6.3f} + user {r.user_s_per_step:6.3f} CPU s/step  "
             f"RSS {r.peak_rss_gib:5.2f} GiB{cuda}{mfu}  loss {r.final_loss!r}  w {r.weights_sha}{active}")
 
@@ -375,6 +405,27 @@ def summarise(results: list[dict[tuple[str, str], ArmResult]], allocators: list[
     return identical
 
 
+def label(allocator: str, activation: str, activations: list[str]) -> str:
+    """Result key of a setting: the allocator, suffixed by the activation when several are compared."""
+    return allocator if len(activations) == 1 else f"{allocator}:{activation}"
+
+
+def activation_ratios(results: list[dict[tuple[str, str], ArmResult]], args: argparse.Namespace) -> None:
+    """Per-round tokens/s ratio of each activation over the last one named, per arm and allocator."""
+    first, last = args.activation[0], args.activation[-1]
+    for allocator in args.allocator:
+        for arm in args.arms:
+            num, den = (arm, label(allocator, first, args.activation)), (arm, label(allocator, last, args.activation))
+            pairs = [(r[num], r[den]) for r in results if num in r and den in r]
+            if not pairs:
+                continue
+            wall = [a.tokens_per_s / b.tokens_per_s for a, b in pairs]
+            cpu = [(b.sys_s_per_step + b.user_s_per_step) / (a.sys_s_per_step + a.user_s_per_step) for a, b in pairs]
+            print(f"{arm}: {first} / {last}, {allocator}: tokens/s ratio median {statistics.median(wall):.3f} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in wall)}); CPU-time ratio median "
+                  f"{statistics.median(cpu):.3f} (rounds: {', '.join(f'{x:.3f}' for x in cpu)})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -395,6 +446,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--child-allocator", choices=ALLOCATORS, help=argparse.SUPPRESS)
+    parser.add_argument("--activation", nargs="+", choices=ACTIVATIONS, default=["gelu_pytorch_tanh"],
+                        help="MLP activation(s) to compare (default: what storytune trains with)")
+    parser.add_argument("--child-activation", choices=ACTIVATIONS, default="gelu_new", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="torch.compile (both arms)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (`eager`: the plumbing without code generation, for smoke tests)")
+    parser.add_argument("--tf32", choices=("on", "off"), default="on", help="TF32 matmuls on CUDA (both arms)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Trainer data loader workers (default: storytune's, 2 on CUDA, 0 on CPU)")
     args = parser.parse_args(argv)
     if args.size == "tiny" and args.block > 1024:
         parser.error("--block must be <= 1024")
@@ -411,17 +471,22 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for round_ in range(1, args.rounds + 1):
         measured: dict[tuple[str, str], ArmResult] = {}
-        for allocator in args.allocator:
-            for arm in args.arms:
-                outcome = start(args, arm, allocator)
-                if isinstance(outcome, str):
-                    failures.append(f"{arm}/{allocator}: {outcome}")
-                    print(f"round {round_} {arm:>7} {allocator:>8}: FAILED {outcome}", flush=True)
-                    continue
-                measured[(arm, allocator)] = outcome
-                print(f"round {round_} {row(outcome)}", flush=True)
+        for activation in args.activation:
+            for allocator in args.allocator:
+                for arm in args.arms:
+                    outcome = start(args, arm, allocator, activation)
+                    key = label(allocator, activation, args.activation)
+                    if isinstance(outcome, str):
+                        failures.append(f"{arm}/{key}: {outcome}")
+                        print(f"round {round_} {arm:>7} {key:>8}: FAILED {outcome}", flush=True)
+                        continue
+                    measured[(arm, key)] = outcome
+                    print(f"round {round_} {row(outcome)}", flush=True)
         results.append(measured)
-    identical = summarise(results, args.allocator, args.arms)
+    identical = all(summarise(results, [label(al, ac, args.activation) for al in args.allocator], args.arms)
+                    for ac in args.activation)
+    if len(args.activation) > 1:  # the activation comparison: the first named is the numerator
+        activation_ratios(results, args)
     if args.json:
         args.json.write_text(json.dumps({"machine": describe_machine(args), "args": {k: str(v) for k, v in
                                          vars(args).items()},

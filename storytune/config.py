@@ -234,8 +234,23 @@ class TrainConfig:
     """Mixed precision; CPUs support fp32 only."""
     deepspeed: str | None = None
     """Path of a DeepSpeed JSON config (ZeRO); None = plain DDP/single process."""
-    dataloader_num_workers: int = 0
-    """Data loader worker processes."""
+    dataloader_num_workers: int | None = None
+    """Data loader worker processes; None = 2 on CUDA (the next batches are collated while the GPU
+    computes), 0 on CPU (workers would take cores from the computation)."""
+    eval_batch_size: int | None = None
+    """Blocks per device per evaluation step; None = 4 x batch_size (evaluation keeps no activations for
+    a backward pass, so a larger batch fits and runs the 30-odd evaluations of a study in fewer kernels)."""
+    compile: bool = False
+    """torch.compile the model (TrainingArguments.torch_compile), with a persistent compile cache under
+    output.dir. Off by default: whether it pays for its compile time on the GPU grid's budget is not yet
+    measured (benchmarks/gpu_check.sh measures it; no GPU was available, BENCHMARKS.md)."""
+    resume_every: int = 1
+    """A FULL checkpoint (weights + optimizer, scheduler, RNG: resumable) every this many evaluations;
+    the other evaluations save weights only (what replay and `keep: best` need, ~1/3 of the bytes).
+    Slurm's time-limit signal also saves a full checkpoint (single-process runs). 1 = every evaluation."""
+    train_subset_every: int = 1
+    """Score the fixed train subset every this many evaluations (validation is scored at every
+    evaluation: it decides the stop). Skipping changes no stop and no training bit."""
     ddp_timeout_s: int = 7200
     """Seconds a process waits at a collective (barrier, all-reduce) before the job fails. The other
     ranks wait at a barrier while rank 0 tokenizes and caches the data the first time (minutes for
@@ -245,7 +260,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         c = _Checks()
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_steps",
-                    "save_total_limit", "logging_steps", "ddp_timeout_s"):
+                    "save_total_limit", "logging_steps", "ddp_timeout_s", "resume_every", "train_subset_every"):
             c.positive_int(key, getattr(self, key))
         for key in ("learning_rate", "weight_decay", "max_grad_norm"):
             c.non_negative(key, getattr(self, key))
@@ -254,6 +269,12 @@ class TrainConfig:
         c.require(_is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
         if self.max_eval_blocks is not None:
             c.positive_int("max_eval_blocks", self.max_eval_blocks)
+        if self.eval_batch_size is not None:
+            c.positive_int("eval_batch_size", self.eval_batch_size)
+        if self.dataloader_num_workers is not None:
+            c.require(_is_int(self.dataloader_num_workers) and self.dataloader_num_workers >= 0,
+                      "dataloader_num_workers", f"must be an integer >= 0 or null, got {self.dataloader_num_workers!r}")
+        c.require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         if self.save_steps is not None:
             c.positive_int("save_steps", self.save_steps)
             if c.valid("save_steps", "eval_steps"):

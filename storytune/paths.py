@@ -21,6 +21,17 @@ from typing import Any
 from storytune.config import RunConfig
 from storytune.yaml_loader import dump_yaml
 
+WEIGHTS_ONLY_MARKER = "weights_only.json"
+"""In a `checkpoints/checkpoint-<step>` folder that holds weights (and trainer_state.json) but no
+optimizer, scheduler or RNG state (`train.resume_every` > 1): usable by replay and `keep: best`,
+never resumed from."""
+
+
+def compile_cache_dir(output_dir: str | Path) -> Path:
+    """torch.compile's persistent cache (TORCHINDUCTOR_CACHE_DIR), shared by every run under
+    `output.dir` so that a later run of the same shapes skips most of the compile time."""
+    return Path(output_dir) / ".compile_cache"
+
 
 @dataclass(frozen=True)
 class RunDir:

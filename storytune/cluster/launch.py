@@ -84,6 +84,7 @@ def _submit_grid(grid: Grid, executor_name: str | None, dry_run: bool, force: bo
     executor_cls = EXECUTORS[executor_name]
     resources, eval_resources = grid.spec.resources, grid.eval_resources
     if dry_run:
+        print(checkpoint_lines(plan))
         stages = SlurmExecutor(plan, eval_resources, resources, aggregate_resources=grid.aggregate_resources).stages()
         print(format_dry_run(stages))
         return 0
@@ -119,6 +120,14 @@ def check_writable(root: Path) -> None:
     except OSError as err:
         raise OutputError(f"output directory {root} is not writable: {err.strerror}; set output_dir=... "
                           "to a folder every node can write (e.g. on /scratch)") from None
+
+
+def checkpoint_lines(plan: Plan) -> str:
+    """Estimated peak checkpoint bytes of each distinct training job shape (`checkpoint_bytes`)."""
+    from storytune.train.checkpoint_bytes import describe_peak
+
+    lines = {describe_peak(job.config, len(job.replays)) for job in plan.finetunes}
+    return "\n".join(sorted(lines)) if lines else "checkpoints: no training job"
 
 
 def format_dry_run(stages: list[Stage]) -> str:

@@ -265,17 +265,36 @@ def resolve_scorer(name: str, context: ScorerContext) -> Scorer:
                                 "initialisation (model.name: tiny), so its perplexity says nothing about fluency; "
                                 f"use a pretrained scorer, e.g. eval.scorer={SMOLLM2_NAME} (offline; install: "
                                 f"{SMOLLM2_INSTALL})")
-        lm = _load_named(context.base_model, context)
+        lm = in_scorer_dtype(_load_named(context.base_model, context), context)
         return Scorer(lm, name, context.base_model, f"eval.scorer='base': the run's base model {context.base_model}")
     if context.base_is_random and same_model(name, context.base_model):
         raise ScorerRefused(f"eval.scorer={name!r} refused: it is the run's randomly initialised base model; "
                             f"use a pretrained scorer, e.g. eval.scorer={SMOLLM2_NAME}")
     if is_smollm2(name) and not (is_smollm2_hub_id(name) and hub_reachable()):
         lm, how = load_smollm2(context.cache_root, context.device)
+        in_scorer_dtype(lm, context)
         offline = " (the Hub is unreachable: the bundled GGUF weights)" if is_smollm2_hub_id(name) else ""
         return Scorer(lm, name, smollm2_id(), f"eval.scorer={name!r}{offline}: SmolLM2-135M-Instruct, {how}")
-    lm = _load_named(name, context)
+    lm = in_scorer_dtype(_load_named(name, context), context)
     return Scorer(lm, name, name, f"eval.scorer={name!r}")
+
+
+def scorer_dtype(device: str) -> Any:
+    """bf16 on a CUDA GPU that has it (the scorer only reads log-probabilities, taken in fp32 from its
+    logits: `metrics.lm`), else fp32."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def in_scorer_dtype(lm: LoadedLM, context: ScorerContext) -> LoadedLM:
+    """The scorer's weights in `scorer_dtype`; the model under evaluation, when it is also the scorer,
+    stays as it is (its generations are decoded in fp32)."""
+    if lm is not context.evaluated:
+        lm.model.to(scorer_dtype(context.device))
+    return lm
 
 
 def _load_named(name: str, context: ScorerContext) -> LoadedLM:

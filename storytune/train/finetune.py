@@ -25,12 +25,13 @@ from transformers import TrainerCallback
 
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.faults import install_save_pauses
-from storytune.paths import RunDir, read_json, write_json_atomic
+from storytune.paths import WEIGHTS_ONLY_MARKER, RunDir, compile_cache_dir, read_json, write_json_atomic
 from storytune.train.data import DataSummary, lm_collator, prepare_data
 from storytune.train.hardware import check_hardware
 from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
 from storytune.train.model import load_model, load_tokenizer, resolve_base_model
 from storytune.train.stopping import StoppingCallback
+from storytune.train.trainer import TRAIN_SUBSET, SaveOnTimeLimit, StoryTrainer
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -88,7 +89,7 @@ class FinetuneResult:
         return asdict(self)
 
 
-VALIDATION, TRAIN_SUBSET = "validation", "train"
+VALIDATION = "validation"
 """Names of the two evaluation sets: the Trainer logs `eval_validation_loss` and `eval_train_loss`."""
 STOP_METRIC = f"{VALIDATION}_loss"
 
@@ -101,13 +102,20 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
     train, stopping = config.train, config.early_stopping
     use_cpu = not torch.cuda.is_available()
     extra: dict[str, Any] = {}
+    if train.compile:
+        # Inductor's cache outlives the job: the next run of the same shapes reuses the compiled kernels.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(config.output.dir)))
+        extra.update(torch_compile=True)
+    workers = dataloader_workers(train, use_cpu)
+    if workers:
+        extra.update(dataloader_persistent_workers=True, dataloader_pin_memory=True)
     if (deepspeed := deepspeed_config(train)) is not None:
         extra.update(deepspeed=deepspeed, **_deepspeed_cpu_workaround(use_cpu, train.ddp_timeout_s))
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.batch_size,
+        per_device_eval_batch_size=eval_batch_size(train),
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
@@ -135,13 +143,35 @@ def training_arguments(config: RunConfig, output_dir: Path, keep_all_checkpoints
         bf16=train.precision == "bf16",
         fp16=train.precision == "fp16",
         use_cpu=use_cpu,
-        dataloader_num_workers=train.dataloader_num_workers,
+        # TF32 matmuls for whatever runs in fp32 (Ampere and newer; bf16 autocast covers the rest).
+        tf32=True if tf32_available() else None,
+        dataloader_num_workers=workers,
         ddp_find_unused_parameters=False,  # every GPT-2 parameter gets a gradient: skip DDP's extra graph walk
         ddp_timeout=train.ddp_timeout_s,
         report_to="none",
         disable_tqdm=False,
         **extra,
     )
+
+
+def eval_batch_size(train: TrainConfig) -> int:
+    """`train.eval_batch_size`, else 4 x the training batch (no activations are kept for a backward pass)."""
+    return train.eval_batch_size or 4 * train.batch_size
+
+
+def dataloader_workers(train: TrainConfig, use_cpu: bool) -> int:
+    """`train.dataloader_num_workers`, else 2 on CUDA (collate the next batches while the GPU computes)
+    and 0 on CPU (a worker would take a core from the computation)."""
+    if train.dataloader_num_workers is not None:
+        return train.dataloader_num_workers
+    return 0 if use_cpu else 2
+
+
+def tf32_available() -> bool:
+    """TF32 tensor cores exist: a CUDA GPU of compute capability 8.0 (Ampere) or newer."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def keeps_best(stopping: EarlyStoppingConfig) -> bool:
@@ -223,11 +253,15 @@ def last_checkpoint(output_dir: Path, before_step: int | None = None) -> str | N
     for folder in sorted(folders, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
         if (problem := checkpoint_problem(folder)) is None:
             return str(folder)
-        log.warning("skipping incomplete %s: %s", folder.name, problem)
+        if problem == WEIGHTS_ONLY:
+            log.info("not resuming from %s: %s", folder.name, problem)
+        else:
+            log.warning("skipping incomplete %s: %s", folder.name, problem)
     return None
 
 
 _CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+WEIGHTS_ONLY = "weights-only snapshot (train.resume_every), not resumable"
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -238,6 +272,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     trainer_state.json is the completeness marker; the other files are checked too because rotation or
     a partial copy can remove them, and trainer_state.json itself is written in place (not atomically):
     it must parse and name this folder's step."""
+    if (folder / WEIGHTS_ONLY_MARKER).exists():
+        return WEIGHTS_ONLY
     deepspeed = any(p.is_dir() for p in folder.glob("global_step*"))
     weights = deepspeed or any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
     if not weights:
@@ -273,7 +309,7 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
                   keep_all_checkpoints: bool = False) -> Prepared:
     """The Trainer for this run: validation AND a fixed train subset of the same size at every evaluation."""
     from accelerate import PartialState
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     args = training_arguments(config, run_dir.checkpoints, keep_all_checkpoints)
     set_seed(config.train.seed)
@@ -287,7 +323,10 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         validation = validation.select(range(min(len(validation), config.train.max_eval_blocks)))
     # The same blocks at every evaluation (the first ones: stories were shuffled by the split seed).
     train_subset = splits["train"].select(range(min(len(splits["train"]), len(validation))))
-    trainer = Trainer(
+    train = config.train
+    trainer = StoryTrainer(
+        resume_every=train.resume_every,
+        train_subset_every=train.train_subset_every,
         model=model,
         args=args,
         train_dataset=splits["train"],
@@ -297,6 +336,12 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         callbacks=[*early_stopping_callbacks(config.early_stopping), NonFiniteLossCheck(), *extra_callbacks],
     )
     install_save_pauses(trainer, run_dir.path)  # test-only; off unless STORYTUNE_TEST_PAUSE is set
+    if train.resume_every > 1 and args.world_size == 1 and not trainer.is_deepspeed_enabled:
+        import signal
+
+        on_time_limit = SaveOnTimeLimit(trainer, signal.SIGUSR2)  # submitit's time-limit signal
+        if on_time_limit.install():  # only inside a submitit job, which has a handler to hand over to
+            trainer.add_callback(on_time_limit)
     return Prepared(trainer, summary, base, splits["test_blocks"])
 
 

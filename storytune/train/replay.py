@@ -30,6 +30,7 @@ from storytune.train.finetune import (
 )
 from storytune.train.heldout import score_stories, test_loss_interval
 from storytune.train.stopping import StopPoint, replay
+from storytune.train.trainer import newest_full_step
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def derived_result(source: FinetuneResult, source_id: str, config: RunConfig, st
 class PruneCheckpoints:
     """Keeps only the checkpoints replay can still need, as training goes (a `TrainerCallback`).
 
-    After each save: the newest checkpoint (to resume from), the best so far (the kept weights of
+    After each save: the newest checkpoint and the newest FULL one (to resume from; they differ when
+    `train.resume_every` > 1 makes some saves weights-only), the best so far (the kept weights of
     any arm that stops later), and the kept checkpoint of every arm that has already stopped.
     Without this, a replay run keeps a checkpoint per evaluation (weights and optimizer state)."""
 
@@ -144,6 +146,8 @@ class PruneCheckpoints:
         if not curve or not state.is_world_process_zero:
             return
         keep = self.needed(curve)
+        if (full := newest_full_step(Path(args.output_dir))) is not None:
+            keep.add(full)  # the newest FULL checkpoint: the only one a resume can start from
         for folder in Path(args.output_dir).glob("checkpoint-*"):
             if folder.name.rsplit("-", 1)[1].isdigit() and int(folder.name.rsplit("-", 1)[1]) not in keep:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -281,3 +281,18 @@ def test_row_seeds_must_match_the_batch():
     ids, mask = left_padded(PROMPTS)
     with pytest.raises(ValueError, match="row seeds"):
         sample_tokens(small_model(), ids, mask, max_new_tokens=2, eos_token_id=EOS, row_seeds=[0, 1])
+
+
+def test_checking_for_eos_every_few_steps_gives_the_same_tokens():
+    """On a GPU the all-rows-done check (a host sync) runs every GPU_EOS_CHECK_EVERY steps: the loop may
+    run a few steps past the last EOS, and those only add EOS."""
+    model = small_model(eos_logit=2.9)
+    ids, mask = left_padded(PROMPTS * 4)
+    every_step = sample_tokens(model, ids, mask, max_new_tokens=40, eos_token_id=EOS, top_p=0.95, seed=3)
+    steps = []
+    model.register_forward_hook(lambda *_: steps.append(1))
+    every_8 = sample_tokens(model, ids, mask, max_new_tokens=40, eos_token_id=EOS, top_p=0.95, seed=3,
+                            eos_check_every=8)
+    assert torch.equal(every_8, every_step)
+    last_end = max(row.tolist().index(EOS) for row in every_step)
+    assert len(steps) % 8 == 0 and last_end < len(steps) < 40  # stopped at the first check after the last EOS

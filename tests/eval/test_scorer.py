@@ -167,3 +167,24 @@ def test_cli_fails_with_one_line_for_an_unloadable_scorer(tmp_path, stories_dir,
     err = error_line(capsys.readouterr().err)
     assert err.startswith("error: fluency scorer eval.scorer='/nonexistent/scorer' cannot be loaded")
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_scorer_stays_fp32_off_cuda():
+    import torch
+
+    from storytune.eval.scorer import scorer_dtype
+
+    assert scorer_dtype("cpu") == torch.float32
+    if not torch.cuda.is_available():
+        assert scorer_dtype("cuda") == torch.float32  # asked for, not available
+
+
+@pytest.mark.gpu
+def test_scorer_runs_in_bf16_on_cuda():
+    import torch
+
+    from storytune.eval.scorer import scorer_dtype
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.sh runs the gpu-marked tests)")
+    assert scorer_dtype("cuda") == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)

@@ -86,3 +86,35 @@ def test_cached_hub_model_loads_offline(tmp_path: Path) -> None:
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "GPT2LMHeadModel 1 [7454, 2402, 257, 640]"
+
+
+def test_gpt2_models_get_the_fused_gelu_with_the_same_logits() -> None:
+    """`gelu_pytorch_tanh` is `gelu_new`'s tanh approximation in one kernel: same logits within rounding."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from storytune.train.model import FUSED_GELU, use_fused_gelu
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=500)
+    assert config.activation_function == "gelu_new"
+    torch.manual_seed(0)
+    reference = GPT2LMHeadModel(config).eval()
+    fused = GPT2LMHeadModel(config).eval()
+    fused.load_state_dict(reference.state_dict())
+    use_fused_gelu(fused)
+    assert fused.config.activation_function == FUSED_GELU
+    ids = torch.randint(0, 500, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference(ids).logits, fused(ids).logits
+    assert type(reference.transformer.h[0].mlp.act) is not type(fused.transformer.h[0].mlp.act)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_load_model_uses_the_fused_gelu(tmp_path: Path) -> None:
+    path = resolve_base_model(ModelConfig(name="tiny", tiny=TinyModelConfig(n_layer=1, n_embd=32, n_head=2,
+                                                                           n_positions=16)), tmp_path)
+    model = load_model(path)
+    assert model.config.activation_function == "gelu_pytorch_tanh"
+    from transformers.activations import ACT2FN
+
+    assert all(type(block.mlp.act) is type(ACT2FN["gelu_pytorch_tanh"]) for block in model.transformer.h)

@@ -69,3 +69,27 @@ def test_replayed_arms_equal_trained_arms(stories_dir: Path, data_cache: Path, t
         assert (derived["replayed_from"] is None) == (real["variant"] == "none")
         stopped += real["stopped_early"]
     assert stopped >= 4, "the set-up must make most stopping arms stop early, or the test proves little"
+
+
+@pytest.mark.slow
+def test_replay_from_weights_only_snapshots_equals_replay_from_full_checkpoints(stories_dir: Path, data_cache: Path,
+                                                                                tmp_path: Path) -> None:
+    """`train.resume_every: 4`: most evaluations save weights only, and replay derives every arm from them
+    exactly as from full checkpoints (PruneCheckpoints keeps what an arm needs plus the newest full one)."""
+    by_setting = {}
+    for every in (1, 4):
+        raw = grid_raw(stories_dir, data_cache, tmp_path / str(every), replay=True)
+        raw["base"]["train"]["resume_every"] = every
+        raw["axes"]["train.seed"] = [1]
+        grid = expand_grid(raw)
+        assert submit_grid(grid, executor_name="debug") == 0
+        by_setting[every] = {r["variant"]: r for r in results(tmp_path / str(every) / raw["name"]).values()}
+    full, snapshots = by_setting[1], by_setting[4]
+    assert full.keys() == snapshots.keys() and len(full) == len(ARMS)
+    for variant, real in full.items():
+        derived = snapshots[variant]
+        assert (derived["stop_step"], derived["best_step"], derived["kept_step"]) == \
+            (real["stop_step"], real["best_step"], real["kept_step"]), variant
+        assert derived["kept_eval_loss"] == pytest.approx(real["kept_eval_loss"], abs=1e-6), variant
+        assert derived["test_loss"]["mean"] == pytest.approx(real["test_loss"]["mean"], abs=1e-6), variant
+    assert len({r["kept_step"] for r in full.values()}) >= 2  # arms keep different checkpoints

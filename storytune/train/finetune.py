@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.faults import install_save_pauses
 from storytune.paths import RunDir, read_json, write_json_atomic
+from storytune.stop import guard_checkpoint_saves
 from storytune.train.data import DataSummary, lm_collator, prepare_data
 from storytune.train.hardware import check_hardware
 from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
@@ -297,6 +298,7 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         callbacks=[*early_stopping_callbacks(config.early_stopping), NonFiniteLossCheck(), *extra_callbacks],
     )
     install_save_pauses(trainer, run_dir.path)  # test-only; off unless STORYTUNE_TEST_PAUSE is set
+    guard_checkpoint_saves(trainer)  # a stop request (SIGTERM) waits for the checkpoint being saved
     return Prepared(trainer, summary, base, splits["test_blocks"])
 
 

@@ -101,9 +101,19 @@ def disk_full_as_error(folder: Path, checkpoints: Path | None = None,
     except Exception as err:
         if not is_disk_full(err, folder):
             raise
-        free = free_bytes(folder)
+        named = _written_folder(err)  # outside `folder`: e.g. the data cache, maybe on another filesystem
+        where = named if named is not None and not named.is_relative_to(folder) else folder
+        free = free_bytes(where)
         resume_point = _drop_half_written(checkpoints, last_complete) if checkpoints and last_complete else None
-        raise DiskFull(disk_full_message(folder, free, resume_point)) from err
+        raise DiskFull(disk_full_message(where, free, resume_point)) from err
+
+
+def _written_folder(err: BaseException) -> Path | None:
+    """The folder of the file whose write failed, when the error names it (an OSError's filename)."""
+    for link in _chain(err):
+        if isinstance(link, OSError) and link.filename:
+            return Path(str(link.filename)).parent
+    return None
 
 
 def _drop_half_written(checkpoints: Path, last_complete: Callable[[Path], str | None]) -> str | None:

@@ -98,6 +98,11 @@ def test_the_ways_libraries_say_disk_full(tmp_path: Path) -> None:
     assert not is_disk_full(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
                             tmp_path)
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path)
+    from storytune.storage import disk_full_as_error
+
+    with pytest.raises(DiskFull, match=f"while saving to {tmp_path / 'cache'} "):  # the folder the error names
+        with disk_full_as_error(tmp_path / "run"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "data.arrow"))
     assert disk_full_message(tmp_path, 1536, None).endswith(
         "(1.5 KiB free): free space or set output_dir=... to a larger filesystem, then rerun: a rerun starts this "
         "job again (no complete checkpoint yet)")

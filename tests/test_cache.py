@@ -17,6 +17,12 @@ from storytune.config import DataConfig, ModelConfig, TinyModelConfig
 from storytune.train.data import prepare_data
 from storytune.train.model import resolve_base_model, shipped_gpt2_tokenizer
 
+
+def cache_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """storytune.cache's warnings (caplog holds the whole test's records, INFO too once a job set up logging)."""
+    return [r.getMessage() for r in caplog.records if r.name == "storytune.cache" and r.levelno >= logging.WARNING]
+
+
 BUILD_S = 1.5
 """Seconds one build takes in the concurrency test: long enough that the builders overlap."""
 
@@ -63,12 +69,12 @@ def test_damaged_folder_is_rebuilt_with_one_warning(tmp_path: Path, caplog: pyte
     with caplog.at_level(logging.WARNING, logger="storytune.cache"):
         value = load_or_build(folder, _build_slowly, _read, what="test cache")
     assert value == {"built_by": os.getpid()}
-    assert [r.getMessage() for r in caplog.records] == [
+    assert cache_warnings(caplog) == [
         f"test cache {folder} cannot be read (JSONDecodeError: Unterminated string starting at: line 1 column 2 "
         f"(char 1)): rebuilding it"]
     caplog.clear()
     assert load_or_build(folder, _build_slowly, _read) == value  # intact now: read, not rebuilt
-    assert caplog.records == [] and len((tmp_path / "builds.log").read_text().split()) == 1
+    assert cache_warnings(caplog) == [] and len((tmp_path / "builds.log").read_text().split()) == 1
 
 
 def test_check_failure_counts_as_damage(tmp_path: Path) -> None:
@@ -103,7 +109,7 @@ def test_truncated_arrow_file_is_rebuilt_and_equals_a_fresh_build(tmp_path: Path
 
     with caplog.at_level(logging.WARNING, logger="storytune.cache"):
         splits, summary = prepare_data(config, tokenizer)
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = cache_warnings(caplog)
     assert len(warnings) == 1 and warnings[0].startswith(f"data cache {cache} cannot be read (OSError: "), warnings
     assert warnings[0].endswith("): rebuilding it")
 
@@ -123,5 +129,5 @@ def test_damaged_tiny_base_model_is_rebuilt(tmp_path: Path, caplog: pytest.LogCa
     weights.write_bytes(original[: len(original) // 3])
     with caplog.at_level(logging.WARNING, logger="storytune.cache"):
         assert resolve_base_model(model, tmp_path) == str(path)
-    assert [r.getMessage().split(" cannot be read")[0] for r in caplog.records] == [f"tiny base model {path}"]
+    assert [w.split(" cannot be read")[0] for w in cache_warnings(caplog)] == [f"tiny base model {path}"]
     assert weights.read_bytes() == original  # same shape and init seed: the same weights again

@@ -1,7 +1,7 @@
 """The package's shape: imports flow one way, nothing imports the entry scripts, no cycles.
 
 Layers (a module may import its own layer or a lower one):
-    facts    config, yaml_loader, paths, interval, process, errors, faults (test-only pause points)
+    facts    config, yaml_loader, paths, interval, process, errors, faults (test-only pause points), cache, storage, stop
     work     train, eval, study
     mirror   tracking
     jobs     cluster
@@ -17,6 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "storytune"
 LAYERS = {"config": 0, "yaml_loader": 0, "interval": 0, "paths": 0, "process": 0, "errors": 0, "faults": 0,
+          "cache": 0, "storage": 0, "stop": 0,
           "train": 1, "eval": 1, "study": 1, "tracking": 2, "cluster": 3, "cli": 4, "__main__": 4}
 # Within the work layer, data flows train -> eval (models, data) and study stays pure.
 WORK_ORDER = {"train": 0, "eval": 1, "study": 1}

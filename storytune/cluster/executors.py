@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from typing import Any, TextIO
 from storytune.cluster import allocator
 from storytune.errors import last_line
 from storytune.paths import GridDir, write_json_atomic
+from storytune.stop import signal_name
 from storytune.study.grid import ResourcesConfig, default_aggregate_resources
 from storytune.study.plan import Job, Plan
 
@@ -379,7 +381,11 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 class _SequentialExecutor(Executor):
-    """Runs jobs wave by wave: fine-tunes, evaluations, base evaluation, aggregation."""
+    """Runs jobs wave by wave: fine-tunes, evaluations, base evaluation, aggregation.
+
+    Local executor: the first SIGINT (Ctrl-C) or SIGTERM stops it cleanly (`GracefulStop`): no new
+    job starts, the running ones get SIGTERM and end without cutting a checkpoint save short; the
+    outcome calls them `stopped` and the rest `not started`. A second signal kills them at once."""
 
     cluster: str
 
@@ -389,22 +395,28 @@ class _SequentialExecutor(Executor):
         super().__init__(plan, eval_resources, resources, aggregate_resources=aggregate_resources)
         self.parallel = max(1, parallel)
         self.stream = stream
+        self.stop = GracefulStop()
 
     def submit(self) -> list[Submitted]:
         outcome: dict[str, Submitted] = {}
-        for wave in self._waves():
-            runnable = []
-            for job in wave:
-                failed_upstream = [d for d in job.depends_on if outcome.get(d) and outcome[d].status == "failed"]
-                if job.done:
-                    outcome[job.name] = Submitted(job.name, job.kind, "skipped (done)")
-                elif failed_upstream and job.kind != "aggregate":
-                    outcome[job.name] = Submitted(job.name, job.kind, "failed", error=f"{failed_upstream[0]} failed")
-                else:
-                    runnable.append(job)
-            for start in range(0, len(runnable), self.parallel):
-                for result in self._run_batch(runnable[start:start + self.parallel]):
-                    outcome[result.name] = result
+        with self.stop.handling(self.cluster == "local"):
+            for wave in self._waves():
+                runnable = []
+                for job in wave:
+                    failed = [d for d in job.depends_on if outcome.get(d) and outcome[d].status == "failed"]
+                    if job.done:
+                        outcome[job.name] = Submitted(job.name, job.kind, "skipped (done)")
+                    elif failed and job.kind != "aggregate":
+                        outcome[job.name] = Submitted(job.name, job.kind, "failed", error=f"{failed[0]} failed")
+                    else:
+                        runnable.append(job)
+                for start in range(0, len(runnable), self.parallel):
+                    batch = runnable[start:start + self.parallel]
+                    if self.stop.signum is not None:
+                        outcome.update({job.name: Submitted(job.name, job.kind, NOT_STARTED) for job in batch})
+                        continue
+                    for result in self._run_batch(batch):
+                        outcome[result.name] = result
         return [outcome[job.name] for job in self.plan.jobs if job.name in outcome]
 
     def _waves(self) -> list[list[Job]]:
@@ -421,14 +433,19 @@ class _SequentialExecutor(Executor):
             log.info("starting %s", job.name)
             # Local jobs inherit this process's environment, so the allocator's goes in for the submit;
             # debug jobs run in this process, whose allocator was fixed when it started.
-            with allocator.inherited_by_children() if self.cluster == "local" else nullcontext():
-                handles.append((job, executor.submit(JobRunner(), job)))
+            with allocator.inherited_by_children() if self.cluster == "local" else nullcontext(), \
+                    self.stop.children_ignore_sigint(self.cluster == "local"):
+                handle = executor.submit(JobRunner(), job)
+            handles.append((job, handle))
+            self.stop.running.append(handle)
         try:
             return self._collect(handles)
-        except KeyboardInterrupt:  # Ctrl-C: stop the job processes too, not only this one
+        except KeyboardInterrupt:  # debug executor (or a signal this process does not handle): stop them too
             for _, handle in handles:
-                handle.cancel(check=False)
+                kill_job(handle)
             raise
+        finally:
+            self.stop.running.clear()
 
     def _collect(self, handles: list[tuple[Job, Any]]) -> list[Submitted]:
         results = []
@@ -439,10 +456,123 @@ class _SequentialExecutor(Executor):
                 handle.result()
                 results.append(Submitted(job.name, job.kind, "done", str(handle.job_id), _log_path(handle)))
             except Exception as err:  # a failed job is reported; the others go on
+                if self.stop.signum is not None and _stopped(err):
+                    results.append(Submitted(job.name, job.kind, STOPPED, str(handle.job_id), _log_path(handle)))
+                    continue
                 message = last_line(err)
                 results.append(Submitted(job.name, job.kind, "failed", str(handle.job_id), _log_path(handle), message))
                 log.error("%s failed: %s (log: %s)", job.name, message, _log_path(handle))
         return results
+
+
+STOPPED, NOT_STARTED = "stopped", "not started"
+"""Outcomes of a local grid stopped on request: ended by the stop / never started."""
+
+
+def _stopped(err: Exception) -> bool:
+    """Did the job end without a result (stopped by our SIGTERM), rather than raise?"""
+    submitit = import_submitit()
+    return isinstance(err, submitit.core.utils.UncompletedJobError)
+
+
+class StopNow(KeyboardInterrupt):
+    """A second interrupt: the running jobs were killed, the grid ends at once."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"second {signal_name(signum)}: running jobs killed")
+
+
+class GracefulStop:
+    """The local executor's SIGINT/SIGTERM handling (main process).
+
+    The jobs' processes are started with SIGINT ignored (`children_ignore_sigint`): a terminal's
+    Ctrl-C goes to the whole process group, and a job (with submitit's controller, which kills its
+    task 1 s after a SIGINT) would otherwise die wherever it is. This process decides instead: the
+    first signal sends SIGTERM to the running jobs (`storytune.stop`: they end cleanly) and lets no
+    new job start; a second kills their process trees and raises `StopNow`."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.running: list[Any] = []
+
+    @contextmanager
+    def handling(self, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextmanager
+    def children_ignore_sigint(self, enabled: bool) -> Iterator[None]:
+        """Processes started inside inherit SIGINT ignored (Python then installs no KeyboardInterrupt)."""
+        if not enabled:
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{signal_name(signum)}: stopping the grid: no new job starts; {len(self.running)} running "
+                  f"job(s) asked to stop (SIGTERM), keeping their checkpoints. Interrupt again to end at once.",
+                  file=sys.stderr, flush=True)
+            for handle in self.running:
+                terminate_job(handle)
+            return
+        print(f"\n{signal_name(signum)} again: killing {len(self.running)} running job(s) now", file=sys.stderr,
+              flush=True)
+        for handle in self.running:
+            kill_job(handle)
+        raise StopNow(self.signum)
+
+
+def _job_processes(handle: Any) -> list[Any]:
+    """The local job's controller process and everything it started (submitit's task, its workers)."""
+    import psutil
+
+    process = getattr(handle, "_process", None)  # submitit's LocalJob keeps its controller's Popen here
+    if process is None or process.poll() is not None:
+        return []
+    try:
+        controller = psutil.Process(process.pid)
+        return [controller, *controller.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def terminate_job(handle: Any) -> None:
+    """SIGTERM to a local job's task processes (`python -m submitit.core._submit`), not to its helpers
+    (data-loader workers would die mid-batch) nor its controller (which forwards it, unless a `setup`
+    shell stands between them)."""
+    import psutil
+
+    for process in _job_processes(handle)[1:]:
+        try:
+            if "submitit.core._submit" in " ".join(process.cmdline()):
+                process.terminate()
+        except psutil.Error:  # gone meanwhile
+            pass
+
+
+def kill_job(handle: Any) -> None:
+    """SIGKILL a local job's whole process tree at once (an in-process debug job: nothing to kill)."""
+    import psutil
+
+    for process in _job_processes(handle):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 def _log_path(handle: Any) -> str | None:

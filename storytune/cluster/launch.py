@@ -11,9 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from storytune.cluster.executors import EXECUTORS, SlurmExecutor, Stage, Submitted, default_executor_name
+from storytune.cluster.executors import (
+    EXECUTORS,
+    NOT_STARTED,
+    STOPPED,
+    SlurmExecutor,
+    Stage,
+    StopNow,
+    Submitted,
+    default_executor_name,
+)
 from storytune.errors import last_line
 from storytune.paths import GridDir, OutputError
+from storytune.stop import exit_code, signal_name
 from storytune.study.grid import Grid
 from storytune.study.plan import Plan, make_plan
 
@@ -98,16 +108,52 @@ def _submit_grid(grid: Grid, executor_name: str | None, dry_run: bool, force: bo
                                 aggregate_resources=grid.aggregate_resources)
     try:
         outcome = executor.submit()
+    except StopNow as stop:  # a second Ctrl-C: the running jobs were killed mid-step
+        print(f"stopped at once; resume with: {resume_command()}", file=sys.stderr)
+        return exit_code(stop.signum)
     except Exception as err:  # sbatch refused (bad partition, account...): say so in one line
         if not had_manifest:  # nothing was submitted: leave no plan.json that looks like a submitted grid
             GridDir(plan.root).plan.unlink(missing_ok=True)
         print(f"error: submission failed: {last_line(err)}", file=sys.stderr)
         return 1
     print(format_outcome(outcome, executor_name))
+    if (signum := getattr(getattr(executor, "stop", None), "signum", None)) is not None:
+        print(format_stopped(outcome, signal_name(signum)))
+        return exit_code(signum)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
     grid_dir = GridDir(plan.root)
     if executor_name != "slurm" and grid_dir.summary.exists():  # the study's answer, last
         print(f"\nreport: {grid_dir.report_html}")
     return 1 if any(o.status == "failed" for o in outcome) else 0
+
+
+def format_stopped(outcome: list[Submitted], signal: str) -> str:
+    """What a stop on request left: finished, stopped (checkpoints kept), never started; how to go on."""
+    def names(*statuses: str) -> str:
+        return ", ".join(o.name for o in outcome if o.status in statuses) or "none"
+
+    return "\n".join([
+        f"\nstopped on request ({signal}).",
+        f"  finished: {names('done', 'skipped (done)')}",
+        f"  stopped (their complete checkpoints are kept): {names(STOPPED)}",
+        f"  never started: {names(NOT_STARTED)}",
+        f"resume with: {resume_command()}",
+    ])
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that submits this grid again (what is done is skipped, stopped fine-tunes
+    resume from their checkpoints); `--force` is dropped, it would start every cell over."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    program, args = argv[0], [a for a in argv[1:] if a != "--force"]
+    if program.endswith("__main__.py"):
+        head = ["python", "-m", "storytune"]
+    elif program.endswith(".py"):
+        head = ["python", program]
+    else:
+        head = [Path(program).name]
+    return shlex.join([*head, *args])
 
 
 def check_writable(root: Path) -> None:

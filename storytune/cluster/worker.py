@@ -29,6 +29,8 @@ from storytune.paths import (
     write_text_atomic,
 )
 from storytune.process import git_commit, is_main_process, library_versions, setup_logging
+from storytune.stop import StopRequested, exit_code, stop_on_signals
+from storytune.storage import disk_full_as_error
 from storytune.study.plan import Job, Plan
 
 log = logging.getLogger("storytune")
@@ -43,8 +45,7 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
     `replays`: configs of the arms derived from this (`none`) run by replay; each gets its own
     run directory and result.json, marked `replayed_from`.
     """
-    from storytune.tracking import Tracker, finetune_summary, trainer_callback
-    from storytune.train.finetune import finetune, last_checkpoint, remove_checkpoints
+    from storytune.train.finetune import last_checkpoint
 
     run_dir = run_dir_for(config)
     pending = [c for c in replays if force or not run_dir_for(c).is_complete()]
@@ -53,11 +54,21 @@ def run_finetune(config: RunConfig, extra_callbacks: Sequence[object] = (), forc
         return read_json(run_dir.result)
     if run_dir.is_complete() and pending and not force:  # its checkpoints are gone: train again
         log.info("%s is complete but replayed arms are missing: training it again", run_dir.path)
-    main = is_main_process()
-    if main:
+    if is_main_process():
         run_dir.create()
         run_dir.result.unlink(missing_ok=True)
         write_config(run_dir.config, config)
+    # A full disk (checkpoint, kept model, result) ends in one line naming the folder and the resume point.
+    with disk_full_as_error(run_dir.path, run_dir.checkpoints, last_checkpoint):
+        return _run_finetune(config, run_dir, extra_callbacks, replays)
+
+
+def _run_finetune(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[object],
+                  replays: Sequence[RunConfig]) -> dict:
+    from storytune.tracking import Tracker, finetune_summary, trainer_callback
+    from storytune.train.finetune import finetune, last_checkpoint, remove_checkpoints
+
+    main = is_main_process()
     tags = [config.early_stopping.variant, f"seed{config.train.seed}"]
     fresh_start = last_checkpoint(run_dir.checkpoints) is None  # else: continue the same W&B run
     with Tracker.start(config, run_dir.path, "finetune", name=run_dir.path.name, tags=tags,
@@ -129,7 +140,11 @@ def run_job(job: Job) -> dict:
     export_slurm_distributed_env()
     setup_logging()
     try:
-        payload = _run_job(job)
+        with stop_on_signals():  # SIGTERM (Ctrl-C on a local grid, scancel): end cleanly, keep the checkpoints
+            payload = _run_job(job)
+    except StopRequested as stop:  # not a failure: no failure.json; a rerun resumes
+        log.warning("%s %s; %s", job.name, stop, rerun_note(job))
+        raise SystemExit(exit_code(stop.signum)) from None
     except Exception as err:  # not KeyboardInterrupt/SystemExit: a preempted or requeued job has not failed
         if is_main_process():
             write_failure(job.failure, job, err)
@@ -143,6 +158,17 @@ def run_job(job: Job) -> dict:
             for arm in job.replays:
                 run_dir_for(arm).failure.unlink(missing_ok=True)
     return payload
+
+
+def rerun_note(job: Job) -> str:
+    """What a rerun of a stopped job does: a fine-tune resumes from its newest complete checkpoint."""
+    if job.kind != "finetune":
+        return "a rerun starts it again"
+    from storytune.train.finetune import last_checkpoint
+
+    checkpoint = last_checkpoint(job.run_dir.checkpoints)
+    return (f"a rerun resumes from {Path(checkpoint).name}, the last complete checkpoint" if checkpoint
+            else "no checkpoint was complete yet: a rerun starts it again")
 
 
 FAILURE_TRACEBACK_LINES = 20
@@ -269,7 +295,8 @@ def run_evaluate_job(config: RunConfig, model_path: str, out_dir: Path, label: s
     from storytune.tracking import Tracker
 
     label = label or model_path
-    with Tracker.start(config, out_dir, "evaluate", name=f"{label}-eval", tags=list(tags)) as tracker:
+    with disk_full_as_error(out_dir), \
+            Tracker.start(config, out_dir, "evaluate", name=f"{label}-eval", tags=list(tags)) as tracker:
         payload = run_evaluate(config, model_path, out_dir, label, force=force)
         if payload and tracker:
             tracker.summary(eval_summary(payload))
@@ -311,8 +338,9 @@ def run_aggregate(root: Path, config: RunConfig | None = None) -> dict:
     manifest = read_json(grid.plan)
     cells = [_cell_data(grid, cell) for cell in manifest["cells"]]
     summary = summarize(cells, _context(grid, manifest, cells))
-    html = write_report(summary, grid.report)
-    write_json_atomic(grid.summary, summary)  # last: marks the aggregation complete
+    with disk_full_as_error(grid.report):
+        html = write_report(summary, grid.report)
+        write_json_atomic(grid.summary, summary)  # last: marks the aggregation complete
     lines = [f"\nstorytune grid `{summary['grid']}`: {summary['cells']['finished']} of "
              f"{summary['cells']['expected']} cells finished", *(f"warning: {w}" for w in summary["warnings"]),
              f"report: {html}", *(f"- {f}" for f in summary["findings"])]

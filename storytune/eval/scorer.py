@@ -35,14 +35,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storytune.cache import load_or_build
 from storytune.config import EvalConfig
 from storytune.errors import first_line
 from storytune.eval import metrics
@@ -147,13 +146,12 @@ def smollm2_cache_dir(root: Path) -> Path:
     return root / f"smollm2-135m-instruct-q4_1-v{metadata.version(SMOLLM2_DIST)}"
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantize `gguf` once and save it as a plain float32 transformers folder at `target`.
+def convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantize `gguf` and save it as a plain float32 transformers folder into `folder` (empty; the
+    cache's temporary build folder: `storytune.cache.load_or_build` renames it into place when complete).
 
     A model loaded from GGUF carries a GGUF quantizer that refuses `save_pretrained`, so its
     (already dequantized) weights are copied into a fresh model built from the same config.
-    Written to a temporary sibling, then renamed: a concurrent job that renamed first wins, and
-    its folder is identical.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -169,30 +167,37 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "bytes": gguf.stat().st_size, "used": smollm2_id(),
-                                               "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another job converted the same file first
-        shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "bytes": gguf.stat().st_size,
+                                                  "used": smollm2_id(),
+                                                  "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+
+
+def conversion_problem(folder: Path) -> str | None:
+    """A converted scorer folder is complete with its weights and its source record (written last)."""
+    for name in ("model.safetensors", SOURCE_FILE):
+        if not (folder / name).is_file():
+            return f"missing {name}"
+    return None
 
 
 def load_smollm2(cache_root: Path, device: str) -> tuple[LoadedLM, str]:
-    """The bundled SmolLM2 from the cache (converting it first if needed), and how it was obtained."""
+    """The bundled SmolLM2 from the cache (converting it first if needed, or again if the cached
+    conversion cannot be read), and how it was obtained."""
     gguf = bundled_gguf()
     target = smollm2_cache_dir(cache_root)
     started = time.perf_counter()
-    how = f"cached conversion {target}"
-    if not (target / SOURCE_FILE).exists():
+    converted: list[bool] = []
+
+    def build(folder: Path) -> None:
         log.info("converting %s into %s (once; later loads read the folder)", gguf, target)
-        convert_gguf(gguf, target)
-        how = f"converted from {gguf} into {target}"
-    lm = load_lm(str(target), str(target), device)
+        convert_gguf(gguf, folder)
+        converted.append(True)
+
+    lm = load_or_build(target, build, lambda folder: load_lm(str(folder), str(folder), device),
+                       check=conversion_problem, what="converted fluency scorer")
+    how = f"converted from {gguf} into {target}" if converted else f"cached conversion {target}"
     log.info("fluency scorer %s: %s (%.1f s)", smollm2_id(), how, time.perf_counter() - started)
     return lm, how
 

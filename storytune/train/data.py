@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from storytune.cache import load_or_build
 from storytune.config import DataConfig
-from storytune.paths import save_dir_atomically
 from storytune.train.hub import hub_reachable
 
 if TYPE_CHECKING:
@@ -271,21 +271,43 @@ def fingerprint(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 def prepare_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[DatasetDict, DataSummary]:
     """Processed splits, from cache when possible: `train`/`validation` blocks, `test` stories (prompts)
-    and `test_blocks` (the test stories packed like validation, with story ids)."""
-    from datasets import load_from_disk
+    and `test_blocks` (the test stories packed like validation, with story ids).
 
+    The cache (`data-<fingerprint>/` under `data.cache_dir` or STORYTUNE_CACHE) is built once however
+    many jobs of a grid start together, and rebuilt with a warning when it cannot be read
+    (`storytune.cache.load_or_build`)."""
     key = fingerprint(config, tokenizer)
     target = Path(config.cache_dir or default_cache_dir()) / f"data-{key}"
-    if (target / "summary.json").exists():
-        log.info("Using cached data %s", target)
-        return load_from_disk(str(target / "splits")), DataSummary(**json.loads((target / "summary.json").read_text()))
-    splits, summary = build_data(config, tokenizer, key)
 
-    def write(folder: Path) -> None:
-        splits.save_to_disk(str(folder / "splits"))
-        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    def build(folder: Path) -> None:
+        splits, summary = build_data(config, tokenizer, key)
+        splits.save_to_disk(str(folder / DATA_SPLITS))
+        (folder / DATA_SUMMARY).write_text(json.dumps(asdict(summary), indent=2))  # last: marks it complete
 
-    save_dir_atomically(target, write)  # jobs sharing the cache may build it at once; theirs is identical
+    return load_or_build(target, build, load_cached_data, check=cached_data_problem, what="data cache")
+
+
+DATA_SPLITS, DATA_SUMMARY = "splits", "summary.json"
+"""A data cache folder: the splits as `datasets` saves them, and the summary (written last)."""
+
+
+def cached_data_problem(folder: Path) -> str | None:
+    for name in (DATA_SUMMARY, DATA_SPLITS):
+        if not (folder / name).exists():
+            return f"missing {name}"
+    return None
+
+
+def load_cached_data(folder: Path) -> tuple[DatasetDict, DataSummary]:
+    """Read a data cache; `datasets` raises on a truncated or missing arrow file (the cache is then rebuilt)."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(folder / DATA_SPLITS))
+    summary = DataSummary(**json.loads((folder / DATA_SUMMARY).read_text()))
+    missing = {"train", "validation", "test", "test_blocks"} - set(splits)
+    if missing:
+        raise ValueError(f"no split {', '.join(sorted(missing))}")
+    log.info("Using cached data %s", folder)
     return splits, summary
 
 

@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from storytune.config import EarlyStoppingConfig, RunConfig, TrainConfig
 from storytune.faults import install_save_pauses
 from storytune.paths import WEIGHTS_ONLY_MARKER, RunDir, compile_cache_dir, read_json, write_json_atomic
+from storytune.stop import guard_checkpoint_saves
 from storytune.train.data import DataSummary, lm_collator, prepare_data
 from storytune.train.hardware import check_hardware
 from storytune.train.heldout import StoryLosses, score_stories, test_loss_interval
@@ -342,6 +343,7 @@ def build_trainer(config: RunConfig, run_dir: RunDir, extra_callbacks: Sequence[
         on_time_limit = SaveOnTimeLimit(trainer, signal.SIGUSR2)  # submitit's time-limit signal
         if on_time_limit.install():  # only inside a submitit job, which has a handler to hand over to
             trainer.add_callback(on_time_limit)
+    guard_checkpoint_saves(trainer)  # a stop request (SIGTERM) waits for the checkpoint being saved
     return Prepared(trainer, summary, base, splits["test_blocks"])
 
 

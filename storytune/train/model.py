@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from storytune.cache import load_or_build
 from storytune.config import GPT2_NAMES, ModelConfig, TinyModelConfig
 from storytune.errors import first_line
-from storytune.paths import save_dir_atomically
 from storytune.train.hub import download_hint, hub_cache_dir, hub_reachable
 
 if TYPE_CHECKING:
@@ -168,14 +168,31 @@ def resolve_base_model(model: ModelConfig, root: str | Path) -> str:
     if not model.is_tiny:
         return model.name
     target = Path(root) / "base-models" / f"tiny-{tiny_fingerprint(model.tiny)}"
-    if not (target / "config.json").exists():
-        weights, tokenizer = build_tiny_model(model.tiny), shipped_gpt2_tokenizer()
 
-        def write(folder: Path) -> None:
-            weights.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+    def build(folder: Path) -> None:
+        build_tiny_model(model.tiny).save_pretrained(folder)
+        shipped_gpt2_tokenizer().save_pretrained(folder)
 
-        save_dir_atomically(target, write)  # jobs of a grid may build it at once; theirs are identical
-    return str(target)
+    # Jobs of a grid may ask at once: one builds, the others wait and share it; a damaged copy is rebuilt.
+    return load_or_build(target, build, readable_model_folder, check=model_folder_problem, what="tiny base model")
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """Cheap completeness check of a saved model folder (its config and safetensors weights)."""
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            return f"missing {name}"
+    return None
+
+
+def readable_model_folder(folder: Path) -> str:
+    """The folder's path once its config parses and its weights' header and length are intact
+    (safetensors checks that every tensor's bytes lie inside the file); raises otherwise."""
+    from safetensors import safe_open
+
+    json.loads((folder / "config.json").read_text())
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        list(weights.keys())
+    return str(folder)
 
 

@@ -1,4 +1,5 @@
-"""Models and tokenizers by name or path, GPT-2's tokenizer without the hub, and the `tiny` preset."""
+"""Models and tokenizers by name or path, GPT-2's tokenizer without the hub, the `tiny` preset and the
+pretrained offline presets (`storytune.train.pretrained`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from storytune.config import GPT2_NAMES, ModelConfig, TinyModelConfig
-from storytune.errors import first_line
+from storytune.errors import ModelLoadError, first_line
 from storytune.paths import save_dir_atomically
 from storytune.train.hub import download_hint, hub_cache_dir, hub_reachable
+from storytune.train.pretrained import preset_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -23,10 +25,6 @@ T = TypeVar("T")
 
 GPT2_EOS_ID = 50256
 GPT2_VOCAB_SIZE = 50257
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be found; the message says what to do."""
 
 
 def shipped_gpt2_tokenizer() -> PreTrainedTokenizerFast:
@@ -90,6 +88,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
     if name == "tiny":
         return shipped_gpt2_tokenizer()
+    name = preset_path(name) or name  # `smollm2-135m`, `gemma3-270m`: the converted folder
     try:
         tokenizer = from_cache_or_hub(AutoTokenizer.from_pretrained, name, "tokenizer")
     except ModelLoadError as err:
@@ -106,6 +105,7 @@ def load_model(name_or_path: str) -> PreTrainedModel:
     """A causal LM by local path or hub name (local cache first), with a clear error when it cannot be had."""
     from transformers import AutoModelForCausalLM
 
+    name_or_path = preset_path(name_or_path) or name_or_path  # a preset: the converted folder
     return from_cache_or_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "model")
 
 
@@ -143,11 +143,12 @@ def build_tiny_model(tiny: TinyModelConfig) -> PreTrainedModel:
 def resolve_base_model(model: ModelConfig, root: str | Path) -> str:
     """The name or path the run starts from, which is also what the base evaluation scores.
 
-    A hub name or path is returned as is. The `tiny` preset's random initial weights are saved
+    A hub name or path is returned as is; a pretrained preset (`smollm2-135m`, `gemma3-270m`) is
+    converted once into the cache and its folder returned. The `tiny` preset's random initial weights are saved
     once under `root/base-models/` so every run of a grid, and the base evaluation, share them.
     """
     if not model.is_tiny:
-        return model.name
+        return preset_path(model.name) or model.name
     target = Path(root) / "base-models" / f"tiny-{tiny_fingerprint(model.tiny)}"
     if not (target / "config.json").exists():
         weights, tokenizer = build_tiny_model(model.tiny), shipped_gpt2_tokenizer()

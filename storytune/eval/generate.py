@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from storytune.config import GenerationConfig
 from storytune.paths import write_text_atomic
+from storytune.train.data import story_start_ids
 from storytune.train.model import context_length
 
 if TYPE_CHECKING:
@@ -152,16 +153,20 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                    limit: int | None) -> tuple[list[list[int]], int]:
     """Token ids of each prompt, cut from the LEFT to `limit` tokens; also how many were cut.
 
-    An empty prompt becomes the single EOS token (GPT-2's start-of-text).
+    A prompt opens a document the way training stories do (`story_start_ids`: BOS for Gemma, nothing
+    for GPT-2); an empty prompt without such a start becomes the single EOS token (GPT-2's
+    start-of-text). A cut keeps the document start.
     """
     rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    start = story_start_ids(tokenizer)
     truncated = 0
     out = []
     for row in rows:
-        row = list(row) or [tokenizer.eos_token_id]
-        if limit is not None and len(row) > limit:
-            row = row[-limit:]
+        row = list(row)
+        if limit is not None and len(start) + len(row) > limit:
+            row = row[len(start) + len(row) - limit:]
             truncated += 1
+        row = (start + row) or [tokenizer.eos_token_id]
         out.append(row)
     return out, truncated
 

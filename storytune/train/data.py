@@ -207,15 +207,27 @@ def load_story_splits(config: DataConfig) -> StorySplits:
 # Tokenizing and packing
 
 
+def story_start_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that open a document for this model: `[BOS]` when its tokenizer adds one by default
+    (Gemma, whose outputs degrade badly without it), else none (GPT-2, SmolLM2: a story follows the
+    previous story's EOS directly)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    probe = tokenizer("a")["input_ids"]
+    return [bos] if probe and probe[0] == bos else []
+
+
 def tokenize_stories(stories: list[str], tokenizer: PreTrainedTokenizerBase, num_proc: int) -> Dataset:
-    """One row of token ids per story, EOS appended (it separates stories once packed)."""
+    """One row of token ids per story: the model's document start (`story_start_ids`), the story, and
+    the model's EOS (which separates stories once packed)."""
     from datasets import Dataset
 
-    eos = tokenizer.eos_token_id
+    eos, start = tokenizer.eos_token_id, story_start_ids(tokenizer)
 
     def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [row + [eos] for row in ids]}
+        return {"input_ids": [start + row + [eos] for row in ids]}
 
     dataset = Dataset.from_dict({"text": stories})
     return dataset.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing stories",

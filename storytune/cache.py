@@ -51,10 +51,10 @@ def _try_load(folder: Path, load: Callable[[Path], T],
     (None, None) when it does not exist."""
     if not folder.exists():
         return None, None
-    problem = check(folder) if check else None
-    if problem:
-        return None, problem
     try:
+        problem = check(folder) if check else None
+        if problem:
+            return None, problem
         return load(folder), None
     except Exception as err:  # noqa: BLE001 -- whatever the reader raises, the cache cannot be used
         return None, f"{type(err).__name__}: {first_line(err)}"

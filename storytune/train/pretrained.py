@@ -156,8 +156,11 @@ def conversion_problem(folder: Path, preset: Preset) -> str | None:
     if not shards:
         return "no safetensors weights"
     for shard in shards:
-        with safe_open(str(shard), framework="pt") as weights:  # raises on a truncated file
-            list(weights.keys())
+        try:
+            with safe_open(str(shard), framework="pt") as weights:  # raises on a truncated file
+                list(weights.keys())
+        except Exception as err:  # noqa: BLE001 -- whatever safetensors raises, the folder cannot be used
+            return f"{shard.name}: {type(err).__name__}: {first_line(err)}"
     return None
 
 

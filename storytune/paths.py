@@ -91,6 +91,9 @@ class RunDir:
 EVAL_FILE = "eval.json"
 FAILURE_FILE = "failure.json"
 """Why a job's last attempt failed: in its run directory, `base/eval-<key>/` or `report/` (removed on success)."""
+STOPPED_FILE = "stopped.json"
+"""Beside failure.json: the job was stopped on request (Ctrl-C, SIGTERM) and what a rerun does (removed when
+the job starts again)."""
 GENERATIONS_FILE = "generations.jsonl"
 # The report folder (`GridDir.report`): summary.json (its completion marker) and what renders it.
 SUMMARY_FILE = "summary.json"
@@ -106,6 +109,11 @@ def eval_file(eval_dir: Path) -> Path:
 
 def failure_file(folder: Path) -> Path:
     return Path(folder) / FAILURE_FILE
+
+
+def stopped_file(failure_record: Path) -> Path:
+    """The stop record of the job whose failure record is `failure_record` (the same folder)."""
+    return Path(failure_record).parent / STOPPED_FILE
 
 
 def generations_file(eval_dir: Path) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,21 +65,29 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
-    """Inside, `signals` stop this job cleanly (`StopRequested`); the previous handlers come back after.
-    Main thread only (elsewhere Python cannot set handlers: a no-op)."""
-    _State.requested = None
+def handlers_installed(handler: Any, signals: Iterable[int]) -> Iterator[None]:
+    """`handler` (a function, `signal.SIG_IGN`, ...) for `signals` inside; the previous handlers come back
+    after. Main thread only (elsewhere Python cannot set handlers: a no-op). The one place storytune sets
+    signal handlers: jobs (`stop_on_signals`) and the local executor (`cluster.executors.GracefulStop`)."""
     previous: dict[int, Any] = {}
     try:
         for signum in signals:
-            previous[signum] = signal.signal(signum, _on_signal)
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread
         pass
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+@contextmanager
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Inside, `signals` stop this job cleanly (`StopRequested`); the previous handlers come back after."""
+    _State.requested = None
+    with handlers_installed(_on_signal, signals):
+        yield
 
 
 @contextmanager

@@ -20,8 +20,8 @@ import signal
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from storytune.cluster import allocator
 from storytune.errors import last_line
 from storytune.paths import GridDir, write_json_atomic
-from storytune.stop import signal_name
+from storytune.stop import handlers_installed, signal_name
 from storytune.study.grid import ResourcesConfig, default_aggregate_resources
 from storytune.study.plan import Job, Plan
 
@@ -496,29 +496,13 @@ class GracefulStop:
         self.signum: int | None = None
         self.running: list[Any] = []
 
-    @contextmanager
-    def handling(self, enabled: bool) -> Iterator[None]:
-        if not enabled:
-            yield
-            return
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    def handling(self, enabled: bool) -> AbstractContextManager[None]:
+        return handlers_installed(self._on_signal, (signal.SIGINT, signal.SIGTERM)) if enabled else nullcontext()
 
-    @contextmanager
-    def children_ignore_sigint(self, enabled: bool) -> Iterator[None]:
+    @staticmethod
+    def children_ignore_sigint(enabled: bool) -> AbstractContextManager[None]:
         """Processes started inside inherit SIGINT ignored (Python then installs no KeyboardInterrupt)."""
-        if not enabled:
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return handlers_installed(signal.SIG_IGN, (signal.SIGINT,)) if enabled else nullcontext()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is None:

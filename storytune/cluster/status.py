@@ -7,18 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storytune.cluster.executors import ACTIVE_STATES, read_submissions, slurm_states
-from storytune.paths import GridDir, read_json
+from storytune.paths import GridDir, read_json, stopped_file
 
 
 @dataclass(frozen=True)
 class JobStatus:
     name: str
     state: str
-    """done / queued / running / failed / not submitted."""
+    """done / queued / running / failed / stopped / not submitted."""
     job_id: str | None
     log_tail: list[str]
     reason: str | None = None
-    """The failure record's one-line reason (`failure.json`), when the job left one."""
+    """The failure record's one-line reason (`failure.json`), or a stopped job's rerun note (`stopped.json`)."""
     detail: str | None = None
     """What the job's output is keyed by (the base evaluation: `key 1a2b3c4d`), or how many of its
     cells are evaluated (an evaluation job covering several cells under replay)."""
@@ -34,13 +34,14 @@ def grid_status(root: Path, state_of: Callable[[list[str]], dict[str, str]] = sl
     for job in manifest["jobs"]:
         entry = record.get(job["name"])
         job_id = entry["job_id"] if entry else None
-        failure = _failure(job)
+        failure, stop = _failure(job), _stop(job)
         # Done when every output exists (an evaluation job writes one eval.json per cell it covers);
         # plans written before `outputs`: the one `output`.
         outputs = [Path(path) for path in job.get("outputs") or [job["output"]]]
-        state = _state(outputs, job_id, states, failure is not None)
-        statuses.append(JobStatus(job["name"], state, job_id, _tail(root, job_id, tail_lines),
-                                  failure.get("reason") if failure and state.startswith("failed") else None,
+        state = _state(outputs, job_id, states, failure is not None, stop)
+        reason = (failure.get("reason") if failure and state.startswith("failed")
+                  else stop.get("rerun") if stop and state.startswith("stopped") else None)
+        statuses.append(JobStatus(job["name"], state, job_id, _tail(root, job_id, tail_lines), reason,
                                   _detail(grid, job, outputs)))
     return statuses
 
@@ -66,7 +67,19 @@ def _failure(job: dict) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _state(outputs: list[Path], job_id: str | None, states: dict[str, str], has_failure: bool) -> str:
+def _stop(job: dict) -> dict | None:
+    """This job's stopped.json (Ctrl-C or SIGTERM ended it cleanly), if it left one."""
+    if not job.get("failure"):
+        return None
+    try:
+        record = read_json(stopped_file(Path(job["failure"])))
+    except (OSError, ValueError):  # none: the usual case
+        return None
+    return record if isinstance(record, dict) and record.get("job") == job["name"] else None
+
+
+def _state(outputs: list[Path], job_id: str | None, states: dict[str, str], has_failure: bool,
+           stop: dict | None = None) -> str:
     if all(path.exists() for path in outputs):
         return "done"
     slurm = states.get(job_id, "") if job_id else ""
@@ -76,6 +89,8 @@ def _state(outputs: list[Path], job_id: str | None, states: dict[str, str], has_
         return "running"
     if has_failure:  # local and debug executors leave no Slurm state: the record says it failed
         return f"failed ({slurm.lower()})" if slurm else "failed"
+    if stop is not None:  # ended cleanly on request: its checkpoints are kept, a rerun goes on
+        return f"stopped ({stop.get('signal', 'on request')})"
     if job_id is None:
         return "not submitted"
     if slurm == "COMPLETED":
@@ -101,7 +116,7 @@ def format_status(statuses: list[JobStatus], show_logs: bool = True) -> str:
         detail = f"  ({s.detail})" if s.detail else ""
         out.append(f"{s.name.ljust(width)}  {s.state:<28} {s.job_id or ''}{detail}".rstrip())
         if s.reason:
-            out.append(f"    reason: {s.reason}")
+            out.append(f"    {'rerun' if s.state.startswith('stopped') else 'reason'}: {s.reason}")
         if show_logs and s.state.startswith("failed"):
             out.extend(f"    | {line}" for line in s.log_tail)
     counts: dict[str, int] = {}

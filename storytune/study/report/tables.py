@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from storytune.study.report.fmt import (
     MISSING,
     _get,
@@ -19,6 +22,33 @@ from storytune.study.report.fmt import (
 )
 
 FLUENCY = "fluency_nll"  # shown as scorer perplexity = exp(mean NLL) in the metric table
+
+# --------------------------------------------------------------------------------------------------
+# The study's facts (the HTML header, the markdown's opening list)
+
+
+def study_facts(summary: dict) -> list[tuple[str, str]]:
+    """What was compared, as (label, value): which base, scorer and encoder, which seeds, how many cells."""
+    models = summary.get("models") or {}
+    base = str(models.get("base") or MISSING) + (" (random initialisation)" if models.get("base_is_random") else "")
+    cells = summary.get("cells") or {}
+    mode = summary.get("study_mode") or MISSING
+    mode_note = {"replay": " — stopping arms replayed from each seed's `none` run",
+                 "train": " — every arm trained separately"}.get(str(mode), "")
+    return [("Grid", str(summary.get("grid") or MISSING)), ("Date", _date(summary.get("created_at"))),
+            ("Study mode", f"{mode}{mode_note}"), ("Base model", base),
+            ("Fluency scorer", str(models.get("scorer") or MISSING)),
+            ("Coherence encoder", str(models.get("encoder") or MISSING)),
+            ("Seeds", ", ".join(str(s) for s in summary.get("seeds") or []) or MISSING),
+            ("Cells", f"{fmt_count(cells.get('finished'))} of {fmt_count(cells.get('expected'))} finished")]
+
+
+def _date(created_at: Any) -> str:
+    try:
+        return datetime.fromisoformat(str(created_at)).strftime("%Y-%m-%d %H:%M %Z").strip()
+    except ValueError:
+        return str(created_at) if created_at else MISSING
+
 
 # --------------------------------------------------------------------------------------------------
 # Tables: one set of rows shared by HTML and markdown

@@ -9,7 +9,13 @@ from typing import Any
 
 from storytune.study.report.fmt import _get, _num, arms, has_results, metric_keys
 from storytune.study.report.page import _is_numeric_cell
-from storytune.study.report.tables import comparison_rows, difference_rows, metric_rows, set_metric_rows
+from storytune.study.report.tables import (
+    comparison_rows,
+    difference_rows,
+    metric_rows,
+    set_metric_rows,
+    study_facts,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Markdown and CSV
@@ -29,6 +35,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(summary: dict) -> str:
     """Warnings first, then findings and the same tables as the HTML, for a terminal or a pull request."""
     lines = [f"# Early-stopping study: {summary.get('grid') or '?'}", ""]
+    lines += [f"- {label}: {value}" for label, value in study_facts(summary)] + [""]
     for warning in [w for w in summary.get("warnings") or [] if w]:
         lines += [f"> **Warning:** {warning}", ""]  # one quote each: adjacent quote lines would merge
     if not has_results(summary):

@@ -357,6 +357,20 @@ def row(r: ArmResult) -> str:
             f"RSS {r.peak_rss_gib:5.2f} GiB{cuda}{mfu}  loss {r.final_loss!r}  w {r.weights_sha}{active}")
 
 
+def print_ratio(name: str, results: list[dict[tuple[str, str], ArmResult]], num: tuple[str, str],
+                den: tuple[str, str]) -> None:
+    """Speed ratio num/den per round: by tokens/s (wall clock) and by CPU seconds per step (user +
+    system of the child: less sensitive to other jobs on a shared machine). Nothing when no round has both."""
+    pairs = [(r[num], r[den]) for r in results if num in r and den in r]
+    if not pairs:
+        return
+    wall = [a.tokens_per_s / b.tokens_per_s for a, b in pairs]
+    cpu = [(b.sys_s_per_step + b.user_s_per_step) / (a.sys_s_per_step + a.user_s_per_step) for a, b in pairs]
+    print(f"{name}: tokens/s ratio median {statistics.median(wall):.3f} (rounds: "
+          f"{', '.join(f'{x:.3f}' for x in wall)}); CPU-time ratio median {statistics.median(cpu):.3f} "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in cpu)})")
+
+
 def summarise(results: list[dict[tuple[str, str], ArmResult]], allocators: list[str], arms: list[str]) -> bool:
     """Print medians, per-round ratios and the identity check; True when every arm's losses and
     weights are identical across allocators and rounds."""
@@ -372,25 +386,13 @@ def summarise(results: list[dict[tuple[str, str], ArmResult]], allocators: list[
                       f"peak RSS {max(x.peak_rss_gib for x in runs):5.2f} GiB"
                       + (f"  MFU {100 * statistics.median(x.mfu for x in runs):5.1f}%" if runs[0].mfu else ""))
 
-    def ratio_line(label: str, num: tuple[str, str], den: tuple[str, str]) -> None:
-        """Speed ratio num/den per round: by tokens/s (wall clock) and by CPU seconds per step (user +
-        system of the child: less sensitive to other jobs on a shared machine)."""
-        pairs = [(r[num], r[den]) for r in results if num in r and den in r]
-        if not pairs:
-            return
-        wall = [a.tokens_per_s / b.tokens_per_s for a, b in pairs]
-        cpu = [(b.sys_s_per_step + b.user_s_per_step) / (a.sys_s_per_step + a.user_s_per_step) for a, b in pairs]
-        print(f"{label}: tokens/s ratio median {statistics.median(wall):.3f} (rounds: "
-              f"{', '.join(f'{x:.3f}' for x in wall)}); CPU-time ratio median {statistics.median(cpu):.3f} "
-              f"(rounds: {', '.join(f'{x:.3f}' for x in cpu)})")
-
     if set(ARMS) <= set(arms):
         for allocator in allocators:
-            ratio_line(f"trainer / raw, {allocator}", ("trainer", allocator), ("raw", allocator))
+            print_ratio(f"trainer / raw, {allocator}", results, ("trainer", allocator), ("raw", allocator))
     base = "glibc" if "glibc" in allocators else allocators[0]
     for allocator in (a for a in allocators if a != base):
         for arm in arms:
-            ratio_line(f"{arm}: {allocator} / {base}", (arm, allocator), (arm, base))
+            print_ratio(f"{arm}: {allocator} / {base}", results, (arm, allocator), (arm, base))
 
     identical = True
     for arm in arms:
@@ -415,15 +417,8 @@ def activation_ratios(results: list[dict[tuple[str, str], ArmResult]], args: arg
     first, last = args.activation[0], args.activation[-1]
     for allocator in args.allocator:
         for arm in args.arms:
-            num, den = (arm, label(allocator, first, args.activation)), (arm, label(allocator, last, args.activation))
-            pairs = [(r[num], r[den]) for r in results if num in r and den in r]
-            if not pairs:
-                continue
-            wall = [a.tokens_per_s / b.tokens_per_s for a, b in pairs]
-            cpu = [(b.sys_s_per_step + b.user_s_per_step) / (a.sys_s_per_step + a.user_s_per_step) for a, b in pairs]
-            print(f"{arm}: {first} / {last}, {allocator}: tokens/s ratio median {statistics.median(wall):.3f} "
-                  f"(rounds: {', '.join(f'{x:.3f}' for x in wall)}); CPU-time ratio median "
-                  f"{statistics.median(cpu):.3f} (rounds: {', '.join(f'{x:.3f}' for x in cpu)})")
+            num, den = label(allocator, first, args.activation), label(allocator, last, args.activation)
+            print_ratio(f"{arm}: {first} / {last}, {allocator}", results, (arm, num), (arm, den))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

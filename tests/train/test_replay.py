@@ -51,6 +51,14 @@ def test_replay_without_a_none_arm_is_refused(stories_dir: Path, data_cache: Pat
         expand_grid(raw)
 
 
+def assert_same_outcome(derived: dict, real: dict, label: str, tolerance: float) -> None:
+    """Two result.json of one cell agree: the same stop, best and kept steps, kept validation and test loss."""
+    assert (derived["stop_step"], derived["best_step"], derived["kept_step"]) == \
+        (real["stop_step"], real["best_step"], real["kept_step"]), label
+    assert derived["kept_eval_loss"] == pytest.approx(real["kept_eval_loss"], abs=tolerance), label
+    assert derived["test_loss"]["mean"] == pytest.approx(real["test_loss"]["mean"], abs=tolerance), label
+
+
 @pytest.mark.slow
 def test_replayed_arms_equal_trained_arms(stories_dir: Path, data_cache: Path, tmp_path: Path) -> None:
     for replay in (False, True):
@@ -61,10 +69,7 @@ def test_replayed_arms_equal_trained_arms(stories_dir: Path, data_cache: Path, t
     stopped = 0
     for run_id, real in trained.items():
         derived = replayed[run_id]
-        assert (derived["stop_step"], derived["best_step"], derived["kept_step"]) == \
-            (real["stop_step"], real["best_step"], real["kept_step"]), run_id
-        assert derived["kept_eval_loss"] == pytest.approx(real["kept_eval_loss"], abs=1e-5), run_id
-        assert derived["test_loss"]["mean"] == pytest.approx(real["test_loss"]["mean"], abs=1e-5), run_id
+        assert_same_outcome(derived, real, run_id, tolerance=1e-5)
         assert derived["train_tokens"] == real["train_tokens"]
         assert (derived["replayed_from"] is None) == (real["variant"] == "none")
         stopped += real["stopped_early"]
@@ -87,9 +92,5 @@ def test_replay_from_weights_only_snapshots_equals_replay_from_full_checkpoints(
     full, snapshots = by_setting[1], by_setting[4]
     assert full.keys() == snapshots.keys() and len(full) == len(ARMS)
     for variant, real in full.items():
-        derived = snapshots[variant]
-        assert (derived["stop_step"], derived["best_step"], derived["kept_step"]) == \
-            (real["stop_step"], real["best_step"], real["kept_step"]), variant
-        assert derived["kept_eval_loss"] == pytest.approx(real["kept_eval_loss"], abs=1e-6), variant
-        assert derived["test_loss"]["mean"] == pytest.approx(real["test_loss"]["mean"], abs=1e-6), variant
+        assert_same_outcome(snapshots[variant], real, variant, tolerance=1e-6)
     assert len({r["kept_step"] for r in full.values()}) >= 2  # arms keep different checkpoints
